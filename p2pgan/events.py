@@ -1,0 +1,125 @@
+"""Typed run events and the bus that fans them out to observers.
+
+Nodes and the run loop publish events; observers (the operation tracer for the latency engine,
+the results writer, the live view, progress printing) subscribe. Publishing never blocks: an
+observer must only record, never await or compute heavily.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ComputeEvent:
+    """A node ran some blocks forward or backward.
+
+    ``consumed`` lists the ids of the messages whose contents this compute used and that were
+    received since the node's previous compute: the causal edges from transfers to compute.
+    """
+
+    node: str
+    round: int
+    step: int
+    phase: str
+    direction: str  # "fwd" | "bwd"
+    blocks: tuple[str, ...]
+    batch: int
+    flops: float
+    consumed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransferEvent:
+    """A message left ``src`` for ``dst`` (payload bytes; sent after the sender's last compute)."""
+
+    msg_id: str
+    src: str
+    dst: str
+    kind: str
+    round: int
+    step: int
+    phase: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class NodeStateEvent:
+    node: str
+    state: str  # "computing" | "sending" | "waiting" | "idle" | "done"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    role: str  # "client" | "server"
+    domain: str | None = None
+    cut: tuple[int, ...] | None = None
+    profile: str | None = None
+    num_examples: int = 0
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    scenario: str
+    strategy: str
+    transport: str
+    seed: int
+    results_dir: str
+    rounds: int
+    local_epochs: int
+    steps_per_epoch: int
+    nodes: tuple[NodeInfo, ...]
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    """One synchronous iteration finished; losses per client id."""
+
+    round: int
+    epoch: int
+    step: int
+    d_loss: dict[str, float]
+    d_real: dict[str, float]
+    d_fake: dict[str, float]
+    g_loss: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RoundFinished:
+    round: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    """Aggregation outcome: clusters, weights, metrics, simulated time... (JSON-serialisable)."""
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    message: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    status: str  # "completed" | "interrupted" | "failed"
+    wall_s: float
+    detail: str = ""
+
+
+class Observer(Protocol):
+    def __call__(self, event: object) -> None: ...
+
+
+class EventBus:
+    """Synchronous fan-out. A failing observer is dropped and reported, never kills training."""
+
+    def __init__(self) -> None:
+        self._observers: list[Callable[[object], None]] = []
+
+    def subscribe(self, observer: Callable[[object], None]) -> None:
+        self._observers.append(observer)
+
+    def publish(self, event: object) -> None:
+        for observer in list(self._observers):
+            observer(event)

@@ -1,0 +1,1 @@
+"""The conditional GAN as ordered block lists, cut into client/server segments."""

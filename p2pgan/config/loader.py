@@ -86,8 +86,9 @@ def parse_scenario(raw: dict[str, Any], path: Path) -> Scenario:
 def _resolve_paths(scenario: Scenario, path: Path) -> Scenario:
     base = path.resolve().parent
     data = dataclasses.replace(scenario.data, root=_under(base, scenario.data.root))
-    output_dir = scenario.output.dir if scenario.output.dir is not None else Path("runs") / scenario.name
-    output = dataclasses.replace(scenario.output, dir=_under(base, output_dir))
+    # An explicit output.dir is relative to the scenario file; the default lands where the user is.
+    output_dir = _under(base, scenario.output.dir) if scenario.output.dir is not None else (Path.cwd() / "runs" / scenario.name)
+    output = dataclasses.replace(scenario.output, dir=output_dir)
     metrics = dataclasses.replace(scenario.metrics, cache_dir=_under(base, scenario.metrics.cache_dir))
     topology = _under(base, scenario.topology)
     if topology is not None and not topology.is_file():

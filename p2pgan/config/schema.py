@@ -21,7 +21,7 @@ STRATEGIES = (
     "split-fedavg", "huscf", "huscf-no-kld", "huscf-no-cluster",
     "fedavg-gan", "md-gan", "usplit-fedavg", "centralized",
 )
-CUT_POLICIES = ("all-offload", "all-local", "alternate")
+CUT_POLICIES = ("all-offload", "all-local", "mixed")
 CutTuple = tuple[int, int, int, int]
 
 
@@ -75,7 +75,7 @@ class CutsSpec:
 
     fixed: Optional[CutTuple] = None
     per_client: Optional[list[CutTuple]] = None
-    policy: Optional[Literal["all-offload", "all-local", "alternate"]] = None
+    policy: Optional[Literal["all-offload", "all-local", "mixed"]] = None
     search: Optional[Literal["exact", "ga"]] = None
 
     @model_validator(mode="after")
@@ -95,7 +95,7 @@ class StrategySpec:
     name: Literal[
         "split-fedavg", "huscf", "huscf-no-kld", "huscf-no-cluster",
         "fedavg-gan", "md-gan", "usplit-fedavg", "centralized",
-    ] = "huscf"
+    ] = "split-fedavg"
     kld_alpha: float = Field(default=1.0, ge=0)
     clusters: Union[Literal["auto"], int, None] = None
     """``None``: the number of domains; ``auto``: chosen by silhouette; N: fixed."""

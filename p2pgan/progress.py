@@ -1,0 +1,41 @@
+"""Plain line-by-line progress for non-terminals (CI, pipes)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from p2pgan.engine.server import AggregationDone
+from p2pgan.events import LogEvent, RunFinished, RunStarted
+
+
+class PlainProgress:
+    """Prints one line at start, one per round, one at the end."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._started = time.perf_counter()
+        self._rounds = 0
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, RunStarted):
+            self._rounds = event.rounds
+            clients = sum(1 for n in event.nodes if n.role == "client")
+            self._print(f"run {event.scenario}: {clients} clients, strategy {event.strategy}, transport "
+                        f"{event.transport}, seed {event.seed}, {event.rounds} rounds x {event.local_epochs} "
+                        f"epochs x {event.steps_per_epoch} steps -> {event.results_dir}")
+        elif isinstance(event, AggregationDone):
+            losses = " ".join(
+                f"{cid}:D={v.get('d_loss', 0):.3f}/G={v.get('g_loss', 0):.3f}" for cid, v in list(event.losses.items())[:4])
+            more = " ..." if len(event.losses) > 4 else ""
+            clusters = sorted(set(event.result.clusters.values()))
+            self._print(f"round {event.round}/{self._rounds} done in {time.perf_counter() - self._started:.1f}s "
+                        f"clusters={len(clusters)} {losses}{more}")
+        elif isinstance(event, LogEvent):
+            self._print(f"[{event.level}] {event.message}")
+        elif isinstance(event, RunFinished):
+            self._print(f"run {event.status} in {event.wall_s:.1f}s")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self._stream, flush=True)

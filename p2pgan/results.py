@@ -1,0 +1,157 @@
+"""The results folder: everything a run produced, written as it happens.
+
+Every line of ``rounds.jsonl`` and ``steps.jsonl`` is flushed as soon as it exists, so an
+interrupted or failed run keeps all it had done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from p2pgan.engine.client import ClientLosses
+from p2pgan.engine.runner import PreparedRun
+from p2pgan.engine.server import AggregationDone
+from p2pgan.events import LogEvent, RunFinished
+from p2pgan.model.assemble import AssembledGenerator
+
+
+def jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def domain_clusters(clusters: dict[str, int], domain_of: dict[str, str]) -> dict[str, int]:
+    """Which cluster speaks for each domain: the one holding most of its clients (lowest id on ties)."""
+    votes: dict[str, Counter[int]] = defaultdict(Counter)
+    for cid, cluster in clusters.items():
+        votes[domain_of[cid]][cluster] += 1
+    return {domain: min(counter, key=lambda k: (-counter[k], k)) for domain, counter in votes.items()}
+
+
+class ResultsWriter:
+    """An event-bus observer that writes the results folder."""
+
+    def __init__(self, prepared: PreparedRun, directory: Path) -> None:
+        self._prepared = prepared
+        self.directory = directory
+        self._started = time.perf_counter()
+        self._rounds_done = 0
+        self._last_round: dict[str, Any] = {}
+        self._domain_of = {r.client_id: r.domain for r in prepared.records}
+        self.extra_summary: dict[str, Any] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in ("rounds.jsonl", "steps.jsonl", "summary.json"):
+            (directory / stale).unlink(missing_ok=True)
+        self._write_json("config.json", jsonable(prepared.scenario))
+        self._write_json("plan.json", {
+            "schedule": jsonable(prepared.plan.schedule),
+            "clients": [
+                {**jsonable(record), "cut": list(client.cut.as_tuple()), "num_examples": client.num_examples,
+                 "full_local": client.full_local}
+                for record, client in zip(prepared.records, prepared.plan.clients)
+            ],
+        })
+        self._steps = (directory / "steps.jsonl").open("a", encoding="utf-8")
+        self._rounds = (directory / "rounds.jsonl").open("a", encoding="utf-8")
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, ClientLosses):
+            self._append(self._steps, jsonable(event))
+        elif isinstance(event, AggregationDone):
+            self._on_round(event)
+        elif isinstance(event, LogEvent):
+            with (self.directory / "log.txt").open("a", encoding="utf-8") as log:
+                log.write(f"[{event.level}] {event.message}\n")
+
+    def _on_round(self, event: AggregationDone) -> None:
+        self._rounds_done = event.round
+        by_domain: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for cid, losses in event.losses.items():
+            for key, value in losses.items():
+                by_domain[self._domain_of[cid]][key].append(value)
+        domain_means = {d: {k: sum(v) / len(v) for k, v in keys.items()} for d, keys in by_domain.items()}
+        record = {
+            "round": event.round,
+            "wall_s": round(time.perf_counter() - self._started, 3),
+            "losses": domain_means,
+            "client_losses": event.losses,
+            "clusters": event.result.clusters,
+            "domain_clusters": domain_clusters(event.result.clusters, self._domain_of),
+            "details": jsonable(event.result.details),
+        }
+        self._last_round = record
+        self._append(self._rounds, record)
+        if event.round == self._prepared.plan.schedule.rounds:
+            self._write_models(event)
+
+    def _write_models(self, event: AggregationDone) -> None:
+        weights = self.directory / "weights"
+        weights.mkdir(exist_ok=True)
+        members: dict[int, list[str]] = defaultdict(list)
+        for cid, cluster in event.result.clusters.items():
+            members[cluster].append(cid)
+        for cluster, model in event.result.cluster_models.items():
+            flat = {f"{block}.{name}": t.contiguous() for block, state in model.items() for name, t in state.items()}
+            save_file(flat, str(weights / f"cluster-{cluster}.safetensors"),
+                      metadata={"clients": ",".join(members[cluster]), "round": str(event.round)})
+        self._write_json("weights/clusters.json", {str(k): v for k, v in sorted(members.items())})
+        self.write_samples(event.result.cluster_models, event.result.clusters, self.directory / "samples")
+
+    def write_samples(self, cluster_models: dict, clusters: dict[str, int], folder: Path, suffix: str = "") -> None:
+        from p2pgan.metrics.plots import save_image_grid
+
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = self._prepared.setup.model
+        per_class = self._prepared.scenario.output.grid_samples_per_class
+        for domain, cluster in domain_clusters(clusters, self._domain_of).items():
+            generator = AssembledGenerator(spec, cluster_models[cluster])
+            labels, z = generator.sample_grid_inputs(per_class, self._prepared.scenario.seed)
+            images = generator(labels, z)
+            save_image_grid(images, folder / f"{domain}{suffix}.png", nrow=per_class)
+
+    def finish(self, event: RunFinished) -> dict[str, Any]:
+        self._steps.close()
+        self._rounds.close()
+        summary = {
+            "scenario": self._prepared.scenario.name,
+            "status": event.status,
+            "detail": event.detail,
+            "wall_s": round(event.wall_s, 3),
+            "rounds_completed": self._rounds_done,
+            "rounds_planned": self._prepared.plan.schedule.rounds,
+            "final": self._last_round.get("losses", {}),
+            "clusters": self._last_round.get("domain_clusters", {}),
+            **self.extra_summary,
+        }
+        self._write_json("summary.json", summary)
+        return summary
+
+    def _append(self, handle, record: dict[str, Any]) -> None:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+
+    def _write_json(self, name: str, value: Any) -> None:
+        path = self.directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)

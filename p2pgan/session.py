@@ -1,0 +1,74 @@
+"""One training run from a validated scenario: wiring, observers, clean stop, summary."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from p2pgan.config.schema import Scenario
+from p2pgan.engine.runner import PreparedRun, build_transport, prepare_run, run_nodes
+from p2pgan.errors import P2PGanError
+from p2pgan.events import EventBus, LogEvent, RunFinished, RunStarted
+from p2pgan.results import ResultsWriter
+from transports.base import Transport
+
+Observer = Callable[[object], None]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str  # "completed" | "interrupted" | "failed"
+    summary: dict[str, Any]
+    prepared: PreparedRun
+    error: BaseException | None = None
+
+
+def run_started_event(prepared: PreparedRun) -> RunStarted:
+    scenario = prepared.scenario
+    schedule = prepared.plan.schedule
+    return RunStarted(scenario.name, scenario.strategy.name, scenario.transport.kind, scenario.seed,
+                      str(scenario.results_dir), schedule.rounds, schedule.local_epochs, schedule.steps_per_epoch,
+                      prepared.node_infos())
+
+
+def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
+                 transport: Transport | None = None, prepared: PreparedRun | None = None) -> RunOutcome:
+    """Train ``scenario`` to the end (or until Ctrl-C / a failure) and write its results folder.
+
+    Results written before an interruption or a peer failure are kept; the summary says how
+    the run ended.
+    """
+    prepared = prepared or prepare_run(scenario)
+    bus = EventBus()
+    writer = ResultsWriter(prepared, scenario.results_dir)
+    bus.subscribe(writer)
+    for observer in observers:
+        bus.subscribe(observer)
+    extensions = _attach_extensions(prepared, bus, writer)
+    bus.publish(run_started_event(prepared))
+    started = time.perf_counter()
+    status, error, detail = "completed", None, ""
+    try:
+        asyncio.run(run_nodes(prepared, transport or build_transport(scenario), bus))
+    except KeyboardInterrupt:
+        status, detail = "interrupted", "stopped by Ctrl-C"
+    except P2PGanError as exc:
+        status, error, detail = "failed", exc, str(exc)
+    finally:
+        wall = time.perf_counter() - started
+        for extension in extensions:
+            writer.extra_summary.update(extension(status))
+        finished = RunFinished(status, wall, detail)
+        if status != "completed":
+            bus.publish(LogEvent(f"run {status}: {detail}", "error" if error else "warning"))
+        bus.publish(finished)
+        summary = writer.finish(finished)
+    return RunOutcome(status, summary, prepared, error)
+
+
+def _attach_extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter) -> list[Callable[[str], dict[str, Any]]]:
+    """Optional subsystems that observe a run and add to its summary (latency, metrics)."""
+    return []

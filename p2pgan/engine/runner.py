@@ -65,7 +65,8 @@ def prepare_run(scenario: Scenario) -> PreparedRun:
     train = {domain: load_domain(domain, "train", scenario.data.root) for domain in scenario.domains}
     try:
         partitions = partition_clients(scenario.domains, {d: data.labels for d, data in train.items()},
-                                       scenario.partition.kind, scenario.seed, scenario.partition.alpha)
+                                       scenario.partition.kind, scenario.seed, scenario.partition.alpha,
+                                       cap_total=None)
     except ValueError as exc:
         raise P2PGanError(f"{scenario.source}:partition: {exc}") from None
     spec = scenario.model.to_spec()

@@ -1,0 +1,55 @@
+"""Evaluation of generators (DESIGN §1.5): judge classifier, scores, plots."""
+
+from .classifier import (
+    ARCH_VERSION,
+    ClassifierCache,
+    DomainClassifier,
+    as_model_input,
+    classifier_cache_key,
+    new_classifier,
+    train_classifier,
+)
+from .plots import image_grid, plot_generation_scores, save_image_grid
+from .scores import (
+    DomainMetrics,
+    GenerateFn,
+    MetricsConfig,
+    adjusted_rand,
+    balanced_labels,
+    classification_report,
+    classification_utility,
+    derive_seed,
+    domain_classifier,
+    evaluate_domain,
+    frechet_distance,
+    generation_score,
+    generation_score_from_probs,
+    sample_generated,
+)
+
+__all__ = [
+    "ARCH_VERSION",
+    "ClassifierCache",
+    "DomainClassifier",
+    "DomainMetrics",
+    "GenerateFn",
+    "MetricsConfig",
+    "adjusted_rand",
+    "as_model_input",
+    "balanced_labels",
+    "classification_report",
+    "classification_utility",
+    "classifier_cache_key",
+    "derive_seed",
+    "domain_classifier",
+    "evaluate_domain",
+    "frechet_distance",
+    "generation_score",
+    "generation_score_from_probs",
+    "image_grid",
+    "new_classifier",
+    "plot_generation_scores",
+    "sample_generated",
+    "save_image_grid",
+    "train_classifier",
+]

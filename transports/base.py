@@ -57,8 +57,11 @@ class Mailbox:
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[key] = waiter
         try:
-            return await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with delivery, which would leave a stopped run waiting out the deadline.
+            async with asyncio.timeout(timeout):
+                return await waiter
+        except TimeoutError:
             raise PeerError(key.src, f"no {key.kind.value} message for {key} within {timeout:g} s") from None
         finally:
             self._waiting.pop(key, None)

@@ -20,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, default=None, help="results folder (overrides output.dir)")
     run.add_argument("--live", dest="live", action="store_true", default=None, help="force the live dashboard")
     run.add_argument("--no-live", dest="live", action="store_false", help="plain line-by-line progress")
+    run.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch intra-op threads (default: torch's choice; 1 is faster for tiny models on busy machines)")
     run.set_defaults(func=run_command)
 
     validate = sub.add_parser("validate", help="check a scenario file without running it")
@@ -56,6 +58,10 @@ def run_command(args: argparse.Namespace) -> int:
     from p2pgan.session import run_scenario
 
     scenario = load_scenario(args.file, scenario_overrides(args))
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     if scenario.transport.processes:
         from p2pgan.multiprocess import run_processes  # provided by the HTTP transport work
 

@@ -1,0 +1,109 @@
+"""Simulated latency for a real run: trace it on the bus, price it at the end, write it down.
+
+The session calls :func:`latency_extension` before the run starts (same signature as its other
+extensions) and the returned function when the run ends. The results folder then holds
+
+* ``latency.json``: the full :class:`~p2pgan.sim.engine.SimReport` (per iteration, per round,
+  per node busy seconds and bytes, critical path), the topology and the profile of every node;
+* ``latency_iterations.csv`` and ``latency_nodes.csv``: the same per iteration / per node.
+
+Those three files hold simulated quantities only, so two runs with the same seed write identical
+files; the wall time (which varies) goes to the summary, beside the simulated time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from p2pgan.engine.messages import SERVER_ID
+from p2pgan.events import ComputeEvent, EventBus
+from p2pgan.sim.engine import SimReport, simulate
+from p2pgan.sim.topology import Topology, default_topology_path, load_topology
+from p2pgan.sim.trace import OperationTracer
+
+
+class _WallClock:
+    """Wall time at which each iteration's last compute was published."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.iteration_end: dict[tuple[int, int], float] = {}
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, ComputeEvent) and event.step >= 0:
+            self.iteration_end[(event.round, event.step)] = time.perf_counter() - self.started
+
+    def mean_iteration_s(self) -> float:
+        ends = [self.iteration_end[k] for k in sorted(self.iteration_end)]
+        if not ends:
+            return 0.0
+        return ends[-1] / len(ends)
+
+
+def write_latency(directory: Path, report: SimReport, topology: Topology, assignment: Mapping[str, str]) -> None:
+    """The deterministic latency files of a results folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "topology": topology.name,
+        "topology_file": topology.source,
+        "profiles": dict(sorted(assignment.items())),
+        **report.to_json(),
+    }
+    (directory / "latency.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    with (directory / "latency_iterations.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["round", "step", "sim_seconds", "sim_end_s"])
+        for (rnd, step) in sorted(report.iteration_seconds):
+            writer.writerow([rnd, step, repr(report.iteration_seconds[(rnd, step)]),
+                             repr(report.iteration_end_s[(rnd, step)])])
+        for rnd in sorted(report.round_seconds):
+            writer.writerow([rnd, "round", repr(report.round_seconds[rnd]), ""])
+    with (directory / "latency_nodes.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["node", "profile", "busy_s", "bytes_sent", "bytes_received"])
+        nodes = sorted(set(report.node_busy_s) | set(report.bytes_sent) | set(report.bytes_received),
+                       key=lambda n: (n == SERVER_ID, n))
+        for node in nodes:
+            writer.writerow([node, assignment.get(node, ""), repr(report.node_busy_s.get(node, 0.0)),
+                             report.bytes_sent.get(node, 0), report.bytes_received.get(node, 0)])
+
+
+def latency_extension(prepared, bus: EventBus, writer) -> Callable[[str], dict[str, Any]]:
+    """Attach the tracer to ``bus``; the returned callable prices the run and writes the files.
+
+    ``prepared`` is the run's :class:`~p2pgan.engine.runner.PreparedRun`; ``writer`` its results
+    writer (only ``writer.directory`` is used). Without ``topology:`` in the scenario the paper's
+    edge topology is used.
+    """
+    scenario = prepared.scenario
+    path = scenario.topology or default_topology_path()
+    topology = load_topology(path)
+    assignment = topology.assign_profiles(list(prepared.plan.client_ids))
+    tracer = OperationTracer()
+    clock = _WallClock()
+    bus.subscribe(tracer)
+    bus.subscribe(clock)
+
+    def finish(status: str) -> dict[str, Any]:
+        ops = tracer.operations()
+        if not ops:
+            return {}
+        report = simulate(ops, topology, assignment)
+        write_latency(Path(writer.directory), report, topology, assignment)
+        return {"latency": {
+            "topology": topology.name,
+            "sim_s_per_iteration": report.mean_iteration_seconds,
+            "sim_s_per_round": (sum(report.round_seconds.values()) / len(report.round_seconds)
+                                if report.round_seconds else 0.0),
+            "sim_total_s": report.total_seconds,
+            "wall_s_per_iteration": clock.mean_iteration_s(),
+            "iterations": len(report.iteration_seconds),
+            "status": status,
+        }}
+
+    return finish

@@ -111,8 +111,10 @@ class ResultsWriter:
             members[cluster].append(cid)
         for cluster, model in event.result.cluster_models.items():
             flat = {f"{block}.{name}": t.contiguous() for block, state in model.items() for name, t in state.items()}
-            save_file(flat, str(weights / f"cluster-{cluster}.safetensors"),
-                      metadata={"clients": ",".join(members[cluster]), "round": str(event.round)})
+            # One metadata key: safetensors writes several keys in arbitrary order, which would
+            # make identical runs produce different bytes.
+            info = json.dumps({"clients": members[cluster], "round": event.round}, sort_keys=True)
+            save_file(flat, str(weights / f"cluster-{cluster}.safetensors"), metadata={"p2pgan": info})
         self._write_json("weights/clusters.json", {str(k): v for k, v in sorted(members.items())})
         self.write_samples(event.result.cluster_models, event.result.clusters, self.directory / "samples")
 

@@ -74,7 +74,7 @@ def cuts_command(args: argparse.Namespace) -> int:
     scenario, setting = load_setting(args.file, args.overrides, args.topology, args.generations, args.population)
     spec = scenario_plan_spec(scenario, setting, args.method)
     plan, prices = compare_plans(setting, spec)
-    console = Console()
+    console = table_console()
     print_plan(console, setting, plan)
     print_prices(console, prices)
     if args.json_out is not None:
@@ -89,6 +89,12 @@ def cuts_command(args: argparse.Namespace) -> int:
             "search_wall_s": plan.search.wall_s if plan.search else None,
         }, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def table_console() -> Console:
+    """The terminal's width on a terminal; 120 columns when piped, so numbers are never cut."""
+    console = Console()
+    return console if console.is_terminal else Console(width=120)
 
 
 def print_plan(console: Console, setting, plan) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from p2pgan.commands.cuts import load_setting, scenario_plan_spec
+from p2pgan.commands.cuts import load_setting, scenario_plan_spec, table_console
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def whatif_command(args: argparse.Namespace) -> int:
     rows = run_whatif(setting, spec, varies)
     out = args.out or (Path("runs") / f"whatif-{scenario.name}")
     csv_path, png_path = write_outputs(rows, [key for key, _ in varies], out)
-    print_rows(Console(), rows, [key for key, _ in varies])
+    print_rows(table_console(), rows, [key for key, _ in varies])
     print(f"wrote {csv_path} and {png_path}")
     return 0
 
@@ -131,8 +131,10 @@ def print_rows(console: Console, rows: list[dict[str, Any]], keys: list[str]) ->
     headers = {"sim_s_per_iter": "SimPy s/it", "analytic_s_per_iter": "analytic s/it", "federate_s": "exchange s"}
     shown = list(dict.fromkeys([*keys, "plan", "clients", *headers]))
     for column in shown:
-        table.add_column(headers.get(column, column), justify="left" if column in ("plan", *keys) else "right",
-                         no_wrap=column in ("plan", *keys))
+        numeric = column in headers or column == "clients"
+        # Numbers never shrink (a truncated number is worse than a wrapped plan name).
+        table.add_column(headers.get(column, column), justify="right" if numeric else "left",
+                         no_wrap=numeric, min_width=9 if numeric and column != "clients" else None)
     for row in rows:
         table.add_row(*(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in shown))
     console.print(table)

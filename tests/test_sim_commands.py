@@ -108,3 +108,20 @@ def test_parsers():
     assert parse_vary("clients=10,20") == ("clients", [10, 20])
     with pytest.raises(ConfigError):
         parse_vary("=3")
+
+
+def test_scenario_cuts_search_goes_through_the_engines_resolver(tmp_path, repo_root):
+    """``cuts: {search: exact}`` in a scenario gives the run loop the exact plan."""
+    from p2pgan.config import load_scenario
+    from p2pgan.engine.cuts import resolve_cuts
+    from p2pgan.model.costs import profile_model
+    from p2pgan.sim.pricing import client_ids_for
+    from p2pgan.sim.search import search_cuts
+    from p2pgan.sim.topology import load_topology
+
+    loaded = load_scenario(scenario(tmp_path, repo_root, clients=(5, 5)))
+    costs = profile_model(loaded.model.to_spec(), batch=2)
+    ids = client_ids_for(10)
+    topology = load_topology(loaded.topology)
+    expected = search_cuts("exact", ids, costs, 64, topology, topology.assign_profiles(ids), 0)
+    assert resolve_cuts(loaded, ids, costs) == expected

@@ -27,6 +27,10 @@ from p2pgan.sim.topology import Hop, Topology
 from p2pgan.sim.trace import Operation
 
 
+CRITICAL_PATH_SHOWN = 2000
+"""At most this many (final) steps of the critical path go into ``to_json``."""
+
+
 @dataclass
 class SimReport:
     """What a priced trace costs in simulated seconds, and where the time went."""
@@ -78,7 +82,9 @@ class SimReport:
             },
             "links_busy_s": dict(sorted(self.link_busy_s.items())),
             "critical_path_breakdown_s": self.critical_path_breakdown,
-            "critical_path": self.critical_path,
+            "critical_path_length": len(self.critical_path),
+            # A long run's path has tens of thousands of steps; its end is what explains the total.
+            "critical_path": self.critical_path[-CRITICAL_PATH_SHOWN:],
             "num_operations": self.num_operations,
         }
 

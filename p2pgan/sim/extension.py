@@ -28,21 +28,25 @@ from p2pgan.sim.trace import OperationTracer
 
 
 class _WallClock:
-    """Wall time at which each iteration's last compute was published."""
+    """Wall time from the first compute of the run to the last compute of each iteration."""
 
     def __init__(self) -> None:
-        self.started = time.perf_counter()
+        self.first: float | None = None
         self.iteration_end: dict[tuple[int, int], float] = {}
 
     def __call__(self, event: object) -> None:
-        if isinstance(event, ComputeEvent) and event.step >= 0:
-            self.iteration_end[(event.round, event.step)] = time.perf_counter() - self.started
+        if isinstance(event, ComputeEvent):
+            now = time.perf_counter()
+            if self.first is None:
+                self.first = now
+            if event.step >= 0:
+                self.iteration_end[(event.round, event.step)] = now - self.first
 
     def mean_iteration_s(self) -> float:
-        ends = [self.iteration_end[k] for k in sorted(self.iteration_end)]
-        if not ends:
+        """Training wall time per iteration (round-end aggregation included, startup not)."""
+        if not self.iteration_end:
             return 0.0
-        return ends[-1] / len(ends)
+        return max(self.iteration_end.values()) / len(self.iteration_end)
 
 
 def write_latency(directory: Path, report: SimReport, topology: Topology, assignment: Mapping[str, str]) -> None:

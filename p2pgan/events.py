@@ -95,6 +95,15 @@ class RoundFinished:
 
 
 @dataclass(frozen=True)
+class SimulatedTime:
+    """Simulated seconds of the run so far next to its wall time (published once per round)."""
+
+    round: int
+    simulated_s: float
+    wall_s: float
+
+
+@dataclass(frozen=True)
 class LogEvent:
     message: str
     level: str = "info"

@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from p2pgan.engine.server import AggregationDone
-from p2pgan.events import LogEvent, RunFinished, RunStarted
+from p2pgan.events import LogEvent, RunFinished, RunStarted, SimulatedTime
 
 
 class PlainProgress:
@@ -32,6 +32,10 @@ class PlainProgress:
             clusters = sorted(set(event.result.clusters.values()))
             self._print(f"round {event.round}/{self._rounds} done in {time.perf_counter() - self._started:.1f}s "
                         f"clusters={len(clusters)} {losses}{more}")
+        elif isinstance(event, SimulatedTime):
+            ratio = event.simulated_s / event.wall_s if event.wall_s > 0 else 0.0
+            self._print(f"  simulated {event.simulated_s:.1f}s after round {event.round} "
+                        f"(simulated/wall {ratio:.2f}x)")
         elif isinstance(event, LogEvent):
             self._print(f"[{event.level}] {event.message}")
         elif isinstance(event, RunFinished):

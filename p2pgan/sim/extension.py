@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from p2pgan.engine.messages import SERVER_ID
-from p2pgan.events import ComputeEvent, EventBus
+from p2pgan.engine.server import AggregationDone
+from p2pgan.events import ComputeEvent, EventBus, SimulatedTime
+from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
 from p2pgan.sim.topology import Topology, default_topology_path, load_topology
 from p2pgan.sim.trace import OperationTracer
@@ -47,6 +49,24 @@ class _WallClock:
         if not self.iteration_end:
             return 0.0
         return max(self.iteration_end.values()) / len(self.iteration_end)
+
+
+class _LiveSimulatedTime:
+    """Publishes simulated time so far after each round, priced once by the analytic model."""
+
+    def __init__(self, prepared, topology: Topology, assignment: Mapping[str, str], bus: EventBus) -> None:
+        plan = prepared.plan
+        splits = {c.client_id: c.split for c in plan.clients}
+        batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
+        self._per_round = plan.schedule.steps_per_round * analytic_iteration_seconds(
+            splits, prepared.setup.costs, batches, topology, assignment)
+        self._bus = bus
+        self._started = time.perf_counter()
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, AggregationDone):
+            self._bus.publish(SimulatedTime(event.round, self._per_round * event.round,
+                                            time.perf_counter() - self._started))
 
 
 def write_latency(directory: Path, report: SimReport, topology: Topology, assignment: Mapping[str, str]) -> None:
@@ -77,21 +97,36 @@ def write_latency(directory: Path, report: SimReport, topology: Topology, assign
                              report.bytes_sent.get(node, 0), report.bytes_received.get(node, 0)])
 
 
+def scenario_topology(prepared) -> Topology | None:
+    """The scenario's topology, else the paper's edge topology of this checkout, else none."""
+    path = prepared.scenario.topology or default_topology_path()
+    return load_topology(path) if Path(path).is_file() else None
+
+
+def scenario_profiles(prepared) -> dict[str, str]:
+    """Device profile per node id (empty when there is no topology to assign from)."""
+    topology = scenario_topology(prepared)
+    return topology.assign_profiles(list(prepared.plan.client_ids)) if topology is not None else {}
+
+
 def latency_extension(prepared, bus: EventBus, writer) -> Callable[[str], dict[str, Any]]:
     """Attach the tracer to ``bus``; the returned callable prices the run and writes the files.
 
     ``prepared`` is the run's :class:`~p2pgan.engine.runner.PreparedRun`; ``writer`` its results
     writer (only ``writer.directory`` is used). Without ``topology:`` in the scenario the paper's
-    edge topology is used.
+    edge topology is used. After every round a :class:`~p2pgan.events.SimulatedTime` estimate
+    (the analytic per-iteration time, exact without shared capacities) goes on the bus for live
+    views; the files written at the end come from the SimPy engine.
     """
-    scenario = prepared.scenario
-    path = scenario.topology or default_topology_path()
-    topology = load_topology(path)
+    topology = scenario_topology(prepared)
+    if topology is None:
+        return lambda status: {}
     assignment = topology.assign_profiles(list(prepared.plan.client_ids))
     tracer = OperationTracer()
     clock = _WallClock()
     bus.subscribe(tracer)
     bus.subscribe(clock)
+    bus.subscribe(_LiveSimulatedTime(prepared, topology, assignment, bus))
 
     def finish(status: str) -> dict[str, Any]:
         ops = tracer.operations()

@@ -35,11 +35,12 @@ def run_started_event(prepared: PreparedRun) -> RunStarted:
 
 
 def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
-                 transport: Transport | None = None, prepared: PreparedRun | None = None) -> RunOutcome:
+                 transport: Transport | None = None, prepared: PreparedRun | None = None,
+                 node_ids: Sequence[str] | None = None) -> RunOutcome:
     """Train ``scenario`` to the end (or until Ctrl-C / a failure) and write its results folder.
 
     Results written before an interruption or a peer failure are kept; the summary says how
-    the run ended.
+    the run ended. ``node_ids`` limits this process to some nodes (the others run elsewhere).
     """
     prepared = prepared or prepare_run(scenario)
     bus = EventBus()
@@ -52,7 +53,7 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     started = time.perf_counter()
     status, error, detail = "completed", None, ""
     try:
-        asyncio.run(run_nodes(prepared, transport or build_transport(scenario), bus))
+        asyncio.run(run_nodes(prepared, transport or build_transport(scenario), bus, node_ids))
     except KeyboardInterrupt:
         status, detail = "interrupted", "stopped by Ctrl-C"
     except P2PGanError as exc:

@@ -20,7 +20,7 @@ from p2pgan.engine.setup import NodeSetup
 from p2pgan.errors import P2PGanError
 from p2pgan.events import EventBus, NodeInfo
 from p2pgan.federation import create_strategy
-from p2pgan.model.costs import profile_model
+from p2pgan.model.costs import ModelCosts, profile_model
 from transports.base import Transport, create_transport
 
 
@@ -60,8 +60,12 @@ class PreparedRun:
         return tuple(infos)
 
 
-def prepare_run(scenario: Scenario) -> PreparedRun:
-    """Everything a run needs before any node starts: data, partitions, cuts, schedule, costs."""
+def prepare_run(scenario: Scenario, costs: ModelCosts | None = None) -> PreparedRun:
+    """Everything a run needs before any node starts: data, partitions, cuts, schedule, costs.
+
+    ``costs``: the model's measured costs when already known (a process per node reuses the
+    coordinator's instead of profiling the model again).
+    """
     train = {domain: load_domain(domain, "train", scenario.data.root) for domain in scenario.domains}
     try:
         partitions = partition_clients(scenario.domains, {d: data.labels for d, data in train.items()},
@@ -70,7 +74,7 @@ def prepare_run(scenario: Scenario) -> PreparedRun:
     except ValueError as exc:
         raise P2PGanError(f"{scenario.source}:partition: {exc}") from None
     spec = scenario.model.to_spec()
-    costs = profile_model(spec)
+    costs = costs if costs is not None else profile_model(spec)
     client_ids = [p.client_id for p in partitions]
     cuts = resolve_cuts(scenario, client_ids, costs)
     client_data, clients, records = {}, [], []

@@ -11,29 +11,15 @@ import yaml
 from pydantic import ValidationError
 
 from p2pgan.config.schema import CutsSpec, Scenario
+from p2pgan.config.yamlfile import load_yaml_mapping
 from p2pgan.errors import ConfigError
-
-_PATH_KEYS = (("data", "root"), ("topology",), ("output", "dir"), ("metrics", "cache_dir"))
 
 
 def load_scenario(path: Path, overrides: Iterable[str] = ()) -> Scenario:
     """Read, override and validate a scenario file. Raises :class:`ConfigError`."""
     path = Path(path)
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read scenario file ({exc.strerror or exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(source, where, f"malformed YAML: {problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(source, "", "expected a mapping of scenario keys at the top level")
-    raw = apply_overrides(_normalise_cuts(raw), overrides, source)
+    raw = load_yaml_mapping(path, "scenario")
+    raw = apply_overrides(_normalise_cuts(raw), overrides, str(path))
     return parse_scenario(raw, path)
 
 

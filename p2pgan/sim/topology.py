@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from p2pgan.engine.messages import SERVER_ID
+from p2pgan.config.yamlfile import load_yaml_mapping
 from p2pgan.errors import ConfigError
 from p2pgan.sim.units import parse_quantity
 
@@ -288,21 +288,8 @@ def _set_dotted(node: Any, parts: list[str], value: Any, key: str, source: str) 
 
 def load_topology(path: Path) -> Topology:
     """Read and validate a topology file. Raises :class:`ConfigError` with ``file:key: problem``."""
-    path = Path(path)
+    raw = load_yaml_mapping(Path(path), "topology")
     source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read topology file ({exc.strerror or exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(source, where, f"malformed YAML: {problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(source, "", "expected a mapping of topology keys at the top level")
     return topology_from_mapping(raw, source)
 
 

@@ -72,4 +72,6 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
 
 def _attach_extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter) -> list[Callable[[str], dict[str, Any]]]:
     """Optional subsystems that observe a run and add to its summary (latency, metrics)."""
-    return []
+    from p2pgan.evaluation import metrics_extension
+
+    return [metrics_extension(prepared, bus, writer)]

@@ -95,11 +95,15 @@ class StrategySpec:
     name: Literal[
         "split-fedavg", "huscf", "huscf-no-kld", "huscf-no-cluster",
         "fedavg-gan", "md-gan", "usplit-fedavg", "centralized",
-    ] = "split-fedavg"
+    ] = "huscf"
     kld_alpha: float = Field(default=1.0, ge=0)
     clusters: Union[Literal["auto"], int, None] = None
     """``None``: the number of domains; ``auto``: chosen by silhouette; N: fixed."""
     warmup_rounds: int = Field(default=2, ge=0)
+    cluster_feature: Literal["covariance", "correlation", "mean"] = "covariance"
+    """What HuSCF clusters on: channel covariances (or correlations) of the D-middle output, robust
+    to which labels a client holds, or its batch mean (DESIGN §1.3 literally); see
+    p2pgan.federation.huscf."""
 
     @field_validator("clusters")
     @classmethod

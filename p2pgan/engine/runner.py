@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from p2pgan.baselines import create_baseline_node, reshape_prepared, run_shape, shape_cuts
 from p2pgan.config.schema import Scenario
 from p2pgan.data import load_domain, partition_clients, to_model_input
 from p2pgan.engine.client import ClientNode, LocalData
@@ -76,19 +77,20 @@ def prepare_run(scenario: Scenario, costs: ModelCosts | None = None) -> Prepared
     spec = scenario.model.to_spec()
     costs = costs if costs is not None else profile_model(spec)
     client_ids = [p.client_id for p in partitions]
-    cuts = resolve_cuts(scenario, client_ids, costs)
+    shape = run_shape(scenario.strategy.name)  # run-structure strategies: p2pgan.baselines
+    cuts = shape_cuts(scenario, client_ids) or resolve_cuts(scenario, client_ids, costs)
     client_data, clients, records = {}, [], []
     for part in partitions:
         data = train[part.domain]
         index = torch.from_numpy(np.array(part.indices, dtype=np.int64))
         client_data[part.client_id] = LocalData(to_model_input(data.images[index]), data.labels[index].clone())
-        clients.append(ClientPlan(part.client_id, cuts[part.client_id], part.size))
+        clients.append(ClientPlan(part.client_id, cuts[part.client_id], part.size, full_local=shape.full_local))
         records.append(ClientRecord(part.client_id, part.domain, tuple(part.excluded_labels), float(part.size_ratio)))
     training = scenario.training
     schedule = Schedule.for_clients([c.num_examples for c in clients], training.rounds, training.local_epochs,
                                     training.batch_size, training.max_batches_per_epoch)
     setup = NodeSetup(spec, costs, scenario.seed, training.lr, tuple(training.betas))
-    return PreparedRun(scenario, RunPlan(tuple(clients), schedule), setup, tuple(records), client_data)
+    return reshape_prepared(PreparedRun(scenario, RunPlan(tuple(clients), schedule), setup, tuple(records), client_data))
 
 
 def build_transport(scenario: Scenario) -> Transport:
@@ -100,8 +102,11 @@ def build_transport(scenario: Scenario) -> Transport:
 
 
 def create_server(prepared: PreparedRun, endpoint, bus: EventBus) -> ServerNode:
-    spec = prepared.scenario.strategy
-    strategy = create_strategy(spec.name, **strategy_options(prepared))
+    baseline = create_baseline_node(prepared, SERVER_ID, endpoint, bus)
+    if baseline is not None:
+        return baseline
+    aggregation = run_shape(prepared.scenario.strategy.name).aggregation
+    strategy = create_strategy(aggregation, **strategy_options(prepared))
     return ServerNode(prepared.setup, prepared.plan, strategy, len(prepared.domains), endpoint, bus)
 
 
@@ -109,10 +114,13 @@ def strategy_options(prepared: PreparedRun) -> dict[str, object]:
     spec = prepared.scenario.strategy
     clusters = spec.clusters if spec.clusters is not None else len(prepared.domains)
     return {"kld_alpha": spec.kld_alpha, "clusters": clusters, "warmup_rounds": spec.warmup_rounds,
-            "seed": prepared.scenario.seed}
+            "seed": prepared.scenario.seed, "cluster_feature": spec.cluster_feature}
 
 
 def create_client(prepared: PreparedRun, client_id: str, endpoint, bus: EventBus) -> ClientNode:
+    baseline = create_baseline_node(prepared, client_id, endpoint, bus)
+    if baseline is not None:
+        return baseline
     return ClientNode(prepared.setup, prepared.plan.client(client_id), prepared.plan.schedule,
                       prepared.client_data[client_id], endpoint, bus)
 

@@ -1,0 +1,333 @@
+"""Metrics during and after a run (DESIGN §1.5), written into the results folder.
+
+:func:`metrics_extension` is attached by the session in the process that hosts the server. It
+observes ``AggregationDone`` events and, every ``metrics.every`` rounds and at the last round:
+
+* builds each domain's generator from the round's ``cluster_models``. The cluster that speaks for
+  a domain is the one holding most of that domain's clients (lowest cluster id on ties); a client
+  whose record names several domains (``"mnist+fashion-mnist"``: the centralized baseline's pooled
+  client) votes for each of them;
+* computes the generation score over ``metrics.score_samples`` samples with the domain's judge
+  classifier (the small CNN trained on the domain's real train split, cached on disk keyed by
+  the data and the seed: ``metrics.cache_dir``, default ``$XDG_CACHE_HOME/p2pgan/classifiers`` or
+  ``~/.cache/p2pgan/classifiers``) and the Fréchet distance between the judge's penultimate
+  features of the real test split and of those samples, plus the adjusted Rand index of the
+  round's clusters against the true domains;
+* appends them to ``metrics.csv`` and ``metrics.jsonl``, writes ``samples/round-<r>/<domain>.png``
+  and redraws ``gen_scores.png``; and puts ``{domain: {"gen_score", "fid"}}`` into
+  ``result.details["metrics"]`` (and the ARI into ``details["ari"]``) *before* the other
+  observers see the event, so ``rounds.jsonl`` and the live view carry them.
+
+When the run completes, the returned finisher evaluates the last round's generators in full —
+generation score, FID, and the classification utility (a fresh CNN trained only on
+``metrics.utility_samples`` generated labelled samples, tested on the real test split: accuracy,
+macro precision, recall, F1 and macro FPR, in %) — and writes ``final_metrics.json`` and
+``final_metrics.csv``; the same numbers go into ``summary.json`` under ``"metrics"``.
+
+Metrics never change training: every random draw comes from generators seeded from the scenario
+seed and the domain (:func:`p2pgan.metrics.derive_seed`), model construction happens inside
+``fork_rng``, and nothing is sent to any node. The evaluation runs synchronously in the server's
+process, so every node waits for it, under the transport's receive timeout: the judges are
+therefore prepared before the run starts, and a round whose metrics take more than half of
+``transport.timeout_s`` logs a warning (for large models and many domains raise the timeout or
+``metrics.every``, or lower ``metrics.score_samples``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import traceback
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from p2pgan.engine.server import AggregationDone
+from p2pgan.events import EventBus, LogEvent
+
+Finisher = Callable[[str], dict[str, Any]]
+
+CSV_FIELDS = ("round", "domain", "cluster", "gen_score", "fid", "ari")
+FINAL_FIELDS = ("domain", "cluster", "gen_score", "fid", "accuracy", "precision", "recall", "f1", "fpr",
+                "real_accuracy")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "p2pgan" / "classifiers"
+
+
+def client_domains(records) -> dict[str, tuple[str, ...]]:
+    """The domains each client's data comes from (a pooled client lists several)."""
+    return {r.client_id: tuple(r.domain.split("+")) for r in records}
+
+
+def speaking_clusters(clusters: Mapping[str, int], domains_of: Mapping[str, tuple[str, ...]],
+                      domains: tuple[str, ...]) -> dict[str, int]:
+    """Per domain, the cluster holding most of its clients (lowest id on ties)."""
+    votes: dict[str, Counter[int]] = defaultdict(Counter)
+    for cid, cluster in clusters.items():
+        for domain in domains_of.get(cid, ()):
+            votes[domain][int(cluster)] += 1
+    fallback = Counter(int(c) for c in clusters.values())
+    out = {}
+    for domain in domains:
+        counter = votes.get(domain) or fallback
+        out[domain] = min(counter, key=lambda k: (-counter[k], k))
+    return out
+
+
+def clustering_ari(clusters: Mapping[str, int], domains_of: Mapping[str, tuple[str, ...]]) -> float | None:
+    """ARI of the clusters against the true domains; ``None`` when undefined (pooled or < 2 clients)."""
+    from p2pgan.metrics import adjusted_rand
+
+    if len(clusters) < 2 or any(len(domains_of[c]) != 1 for c in clusters):
+        return None
+    return adjusted_rand(dict(clusters), {c: domains_of[c][0] for c in clusters})
+
+
+class RunEvaluator:
+    """The observer behind :func:`metrics_extension` (see the module doc)."""
+
+    def __init__(self, prepared, bus: EventBus, directory: Path) -> None:
+        from p2pgan.metrics import MetricsConfig
+
+        scenario = prepared.scenario
+        spec = scenario.metrics
+        self.prepared = prepared
+        self.bus = bus
+        self.directory = Path(directory)
+        self.spec = spec
+        self.domains = tuple(prepared.domains)
+        self.domains_of = client_domains(prepared.records)
+        cache_dir = Path(spec.cache_dir) if spec.cache_dir is not None else default_cache_dir()
+        self.config = MetricsConfig(score_samples=spec.score_samples, utility_samples=spec.utility_samples,
+                                    classifier_epochs=spec.classifier_epochs, utility_epochs=spec.utility_epochs,
+                                    seed=scenario.seed, cache_dir=str(cache_dir))
+        self.rounds = prepared.plan.schedule.rounds
+        self.history: dict[str, dict[int, float]] = {d: {} for d in self.domains}
+        self.per_round: list[dict[str, Any]] = []
+        self.last_event: AggregationDone | None = None
+        self.disabled_reason: str | None = None
+        self._judges: dict[str, Any] = {}
+        self._tests: dict[str, Any] = {}
+        self._started = time.perf_counter()
+        for stale in ("metrics.csv", "metrics.jsonl", "final_metrics.json", "final_metrics.csv", "gen_scores.png"):
+            (self.directory / stale).unlink(missing_ok=True)
+
+    # -- data and judges ----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Load every domain's test split and judge classifier now, before any node starts.
+
+        Training a judge takes much longer than scoring a round; done lazily inside the first
+        evaluated round it would stall every node past the transport's receive timeout.
+        """
+        started = time.perf_counter()
+        for domain in self.domains:
+            self.test_split(domain)
+            self.judge(domain)
+        took = time.perf_counter() - started
+        if took > 1.0:
+            self.bus.publish(LogEvent(f"judge classifiers ready in {took:.1f}s (cache {self.config.cache_dir})"))
+
+    def judge(self, domain: str):
+        if domain not in self._judges:
+            from p2pgan.data import load_domain
+            from p2pgan.metrics import domain_classifier
+
+            train = load_domain(domain, "train", self.prepared.scenario.data.root)
+            self._judges[domain] = domain_classifier(domain, train, self.config)
+        return self._judges[domain]
+
+    def test_split(self, domain: str):
+        if domain not in self._tests:
+            from p2pgan.data import load_domain
+
+            self._tests[domain] = load_domain(domain, "test", self.prepared.scenario.data.root)
+        return self._tests[domain]
+
+    def generator(self, cluster_models: Mapping[int, Any], cluster: int):
+        from p2pgan.model.assemble import AssembledGenerator
+
+        return AssembledGenerator(self.prepared.setup.model, cluster_models[cluster])
+
+    # -- per round ----------------------------------------------------------------------------
+
+    def __call__(self, event: object) -> None:
+        if not isinstance(event, AggregationDone):
+            return
+        self.last_event = event
+        if self.disabled_reason is not None:
+            return
+        if event.round % self.spec.every and event.round != self.rounds:
+            return
+        try:
+            started = time.perf_counter()
+            self.evaluate_round(event)
+            took = time.perf_counter() - started
+            limit = self.prepared.scenario.transport.timeout_s
+            if took > 0.5 * limit:
+                self.bus.publish(LogEvent(
+                    f"round {event.round} metrics took {took:.0f}s, over half the transport timeout ({limit:g}s) "
+                    "that every node waits under meanwhile: raise transport.timeout_s or metrics.every, or "
+                    "lower metrics.score_samples", "warning"))
+        except Exception as exc:  # never let evaluation kill training
+            self.disabled_reason = f"{type(exc).__name__}: {exc}"
+            self.bus.publish(LogEvent(f"metrics disabled after an error in round {event.round}: "
+                                      f"{self.disabled_reason}", "error"))
+            (self.directory / "metrics_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+
+    def evaluate_round(self, event: AggregationDone) -> dict[str, Any]:
+        from p2pgan.metrics import evaluate_domain, plot_generation_scores, save_image_grid
+
+        result = event.result
+        speakers = speaking_clusters(result.clusters, self.domains_of, self.domains)
+        ari = clustering_ari(result.clusters, self.domains_of)
+        per_domain: dict[str, dict[str, Any]] = {}
+        per_class = self.prepared.scenario.output.grid_samples_per_class
+        for domain in self.domains:
+            cluster = speakers[domain]
+            gen = self.generator(result.cluster_models, cluster)
+            m = evaluate_domain(domain, gen, gen.z_dim, test=self.test_split(domain), config=self.config,
+                                classifier=self.judge(domain), utility=False, fid=True)
+            per_domain[domain] = {"cluster": cluster, "gen_score": m.gen_score, "fid": m.fid}
+            self.history[domain][event.round] = m.gen_score
+            labels, z = gen.sample_grid_inputs(per_class, self.prepared.scenario.seed)
+            save_image_grid(gen(labels, z), self.directory / "samples" / f"round-{event.round}" / f"{domain}.png",
+                            nrow=per_class)
+        record = {"round": event.round, "wall_s": round(time.perf_counter() - self._started, 3), "ari": ari,
+                  "domains": per_domain}
+        self.per_round.append(record)
+        self._append_csv(event.round, per_domain, ari)
+        with (self.directory / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        plot_generation_scores(self.history, self.directory / "gen_scores.png")
+        result.details["metrics"] = {d: {"gen_score": v["gen_score"], "fid": v["fid"]} for d, v in per_domain.items()}
+        if ari is not None:
+            result.details["ari"] = ari
+        shown = " ".join(f"{d}={v['gen_score']:.2f}" for d, v in per_domain.items())
+        self.bus.publish(LogEvent(f"round {event.round} generation score {shown}"
+                                  + (f" ARI={ari:.2f}" if ari is not None else "")))
+        return record
+
+    def _append_csv(self, round_: int, per_domain: Mapping[str, Mapping[str, Any]], ari: float | None) -> None:
+        path = self.directory / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(CSV_FIELDS)
+            for domain, values in per_domain.items():
+                writer.writerow([round_, domain, values["cluster"], _fmt(values["gen_score"]), _fmt(values["fid"]),
+                                 _fmt(ari)])
+
+    # -- at the end ---------------------------------------------------------------------------
+
+    def finish(self, status: str) -> dict[str, Any]:
+        event = self.last_event
+        if event is None:
+            return {}
+        if status != "completed" or self.disabled_reason is not None:
+            note = self.disabled_reason or f"run {status}: final metrics skipped"
+            return {"metrics": {"round": self.per_round[-1]["round"] if self.per_round else None,
+                                "per_round_last": self.per_round[-1] if self.per_round else None, "note": note}}
+        try:
+            final = self.final_metrics(event)
+        except Exception as exc:
+            (self.directory / "metrics_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            self.bus.publish(LogEvent(f"final metrics failed: {type(exc).__name__}: {exc}", "error"))
+            return {"metrics": {"note": f"final metrics failed: {type(exc).__name__}: {exc}"}}
+        for line in format_final_table(final).splitlines():
+            self.bus.publish(LogEvent(line))
+        return {"metrics": final}
+
+    def final_metrics(self, event: AggregationDone) -> dict[str, Any]:
+        from p2pgan.metrics import evaluate_domain
+
+        result = event.result
+        speakers = speaking_clusters(result.clusters, self.domains_of, self.domains)
+        domains: dict[str, dict[str, Any]] = {}
+        for domain in self.domains:
+            gen = self.generator(result.cluster_models, speakers[domain])
+            test = self.test_split(domain)
+            judge = self.judge(domain)
+            m = evaluate_domain(domain, gen, gen.z_dim, test=test, config=self.config, classifier=judge,
+                                utility=self.spec.utility, fid=True)
+            row = {"cluster": speakers[domain], **{k: v for k, v in m.to_json().items() if k != "domain"}}
+            row["real_accuracy"] = 100.0 * judge.accuracy(test.images, test.labels)
+            domains[domain] = row
+        final = {
+            "round": event.round,
+            "strategy": self.prepared.scenario.strategy.name,
+            "ari": clustering_ari(result.clusters, self.domains_of),
+            "clusters": dict(result.clusters),
+            "config": {"score_samples": self.config.score_samples, "utility_samples": self.config.utility_samples,
+                       "classifier_epochs": self.config.classifier_epochs,
+                       "utility_epochs": self.config.utility_epochs, "utility": self.spec.utility},
+            "domains": domains,
+        }
+        (self.directory / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n", encoding="utf-8")
+        with (self.directory / "final_metrics.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(FINAL_FIELDS)
+            for domain, row in domains.items():
+                writer.writerow([domain] + [_fmt(row.get(k)) for k in FINAL_FIELDS[1:]])
+        return final
+
+
+def format_final_table(final: Mapping[str, Any]) -> str:
+    """The final per-domain table as plain text (also used by ``p2pgan compare``)."""
+    header = ["domain", "cluster", "gen", "FID", "acc%", "prec%", "rec%", "F1%", "FPR%", "real acc%"]
+    rows = []
+    for domain, row in final.get("domains", {}).items():
+        rows.append([domain, str(row.get("cluster", "")), _num(row.get("gen_score")), _num(row.get("fid")),
+                     _num(row.get("accuracy")), _num(row.get("precision")), _num(row.get("recall")),
+                     _num(row.get("f1")), _num(row.get("fpr")), _num(row.get("real_accuracy"))])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["final metrics (round {}{}):".format(final.get("round"),
+                                                 f", ARI {final['ari']:.3f}" if final.get("ari") is not None else "")]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.2f}"
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else repr(round(float(value), 6))
+
+
+def _subscribe_first(bus: EventBus, observer: Callable[[object], None]) -> None:
+    """Subscribe ``observer`` ahead of those already subscribed, so the metrics it adds to
+    ``AggregationDone.result.details`` are there when the results writer and the live view read it."""
+    observers = getattr(bus, "_observers", None)
+    if isinstance(observers, list):
+        observers.insert(0, observer)
+    else:  # pragma: no cover - a bus without the list: order then depends on subscription time
+        bus.subscribe(observer)
+
+
+def metrics_extension(prepared, bus: EventBus, writer) -> Finisher:
+    """Attach a :class:`RunEvaluator` (if ``metrics.enabled``); return its finisher for the session."""
+    if not prepared.scenario.metrics.enabled:
+        return lambda status: {}
+    evaluator = RunEvaluator(prepared, bus, Path(writer.directory))
+    try:
+        evaluator.prepare()
+    except Exception as exc:
+        evaluator.disabled_reason = f"{type(exc).__name__}: {exc}"
+        bus.publish(LogEvent(f"metrics disabled: cannot prepare the judge classifiers ({evaluator.disabled_reason})",
+                             "error"))
+    _subscribe_first(bus, evaluator)
+    return evaluator.finish
+
+
+__all__ = ["RunEvaluator", "client_domains", "clustering_ari", "default_cache_dir", "format_final_table",
+           "metrics_extension", "speaking_clusters"]

@@ -27,11 +27,13 @@ class RunOutcome:
 
 
 def run_started_event(prepared: PreparedRun) -> RunStarted:
+    from p2pgan.sim.extension import scenario_profiles
+
     scenario = prepared.scenario
     schedule = prepared.plan.schedule
     return RunStarted(scenario.name, scenario.strategy.name, scenario.transport.kind, scenario.seed,
                       str(scenario.results_dir), schedule.rounds, schedule.local_epochs, schedule.steps_per_epoch,
-                      prepared.node_infos())
+                      prepared.node_infos(scenario_profiles(prepared)))
 
 
 def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
@@ -48,7 +50,7 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     bus.subscribe(writer)
     for observer in observers:
         bus.subscribe(observer)
-    extensions = _attach_extensions(prepared, bus, writer)
+    extensions = _attach_extensions(prepared, bus, writer, sees_all_nodes=node_ids is None)
     bus.publish(run_started_event(prepared))
     started = time.perf_counter()
     status, error, detail = "completed", None, ""
@@ -70,8 +72,10 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     return RunOutcome(status, summary, prepared, error)
 
 
-def _attach_extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter) -> list[Callable[[str], dict[str, Any]]]:
+def _attach_extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter,
+                       sees_all_nodes: bool) -> list[Callable[[str], dict[str, Any]]]:
     """Optional subsystems that observe a run and add to its summary (latency, metrics)."""
     from p2pgan.evaluation import metrics_extension
+    from p2pgan.sim.extension import latency_extension
 
-    return [metrics_extension(prepared, bus, writer)]
+    return [latency_extension(prepared, bus, writer, sees_all_nodes), metrics_extension(prepared, bus, writer)]

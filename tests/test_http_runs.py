@@ -81,6 +81,9 @@ def test_quick_over_http_and_processes_is_bit_identical_to_memory(tmp_path):
     assert (memory.status, http.status, procs.status) == ("completed",) * 3, out.getvalue()
     assert_same_results(tmp_path / "memory", tmp_path / "http")
     assert_same_results(tmp_path / "memory", tmp_path / "procs")
+    # Simulated latency too: the server process prices the plan it ran, equal to the recorded trace.
+    for name in ("latency.json", "latency_iterations.csv", "latency_nodes.csv"):
+        assert (tmp_path / "procs" / name).read_bytes() == (tmp_path / "memory" / name).read_bytes(), name
     # The merged per-step losses are even in the memory run's order.
     assert (tmp_path / "procs" / "steps.jsonl").read_bytes() == (tmp_path / "memory" / "steps.jsonl").read_bytes()
     assert "round 2/2 done" in out.getvalue()

@@ -5,25 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
 
-import p2pgan.session as session
 from p2pgan.cli import main
-from p2pgan.sim.extension import latency_extension
 
 SMALL = ["--set", "training.rounds=2", "--set", "training.max_batches_per_epoch=2", "--set", "metrics.enabled=false"]
 FILES = ("latency.json", "latency_iterations.csv", "latency_nodes.csv")
-
-
-@pytest.fixture
-def with_latency(monkeypatch):
-    """Wire the extension in the way the session's ``_attach_extensions`` is meant to."""
-    original = session._attach_extensions
-
-    def attach(prepared, bus, writer):
-        return [*original(prepared, bus, writer), latency_extension(prepared, bus, writer)]
-
-    monkeypatch.setattr(session, "_attach_extensions", attach)
 
 
 def run(repo_root, out, *extra):
@@ -31,7 +17,7 @@ def run(repo_root, out, *extra):
                  *SMALL, *extra])
 
 
-def test_quick_run_reports_simulated_latency_identically_run_to_run(repo_root, tmp_path, with_latency):
+def test_quick_run_reports_simulated_latency_identically_run_to_run(repo_root, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     topology = str(repo_root / "topologies" / "paper-edge.yaml")
     assert run(repo_root, first, "--set", f"topology={topology}") == 0

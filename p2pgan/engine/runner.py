@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,11 +53,13 @@ class PreparedRun:
                 return record.domain
         raise KeyError(client_id)
 
-    def node_infos(self) -> tuple[NodeInfo, ...]:
-        infos = [NodeInfo(SERVER_ID, "server")]
+    def node_infos(self, profiles: Mapping[str, str] | None = None) -> tuple[NodeInfo, ...]:
+        """What the experimenter shows about each node; ``profiles`` are device profile names."""
+        profiles = profiles or {}
+        infos = [NodeInfo(SERVER_ID, "server", profile=profiles.get(SERVER_ID))]
         for record, client in zip(self.records, self.plan.clients):
             infos.append(NodeInfo(client.client_id, "client", record.domain, client.cut.as_tuple(),
-                                  num_examples=client.num_examples))
+                                  profiles.get(client.client_id), client.num_examples))
         return tuple(infos)
 
 

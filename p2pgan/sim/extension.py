@@ -26,7 +26,7 @@ from p2pgan.events import ComputeEvent, EventBus, SimulatedTime
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
 from p2pgan.sim.topology import Topology, default_topology_path, load_topology
-from p2pgan.sim.trace import OperationTracer
+from p2pgan.sim.trace import OperationTracer, trace_from_plan
 
 
 class _WallClock:
@@ -49,6 +49,27 @@ class _WallClock:
         if not self.iteration_end:
             return 0.0
         return max(self.iteration_end.values()) / len(self.iteration_end)
+
+
+class _PlannedTrace:
+    """Stands in for the tracer where other nodes run elsewhere: the plan's operations per round."""
+
+    def __init__(self, prepared) -> None:
+        self._prepared = prepared
+        self._rounds = 0
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, AggregationDone):
+            self._rounds = max(self._rounds, event.round)
+
+    def operations(self) -> list:
+        if not self._rounds:
+            return []
+        plan = self._prepared.plan
+        splits = {c.client_id: c.split for c in plan.clients}
+        batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
+        return trace_from_plan(splits, self._prepared.setup.costs, batches, plan.schedule.steps_per_round,
+                               include_aggregation=True, rounds=self._rounds)
 
 
 class _LiveSimulatedTime:
@@ -109,7 +130,7 @@ def scenario_profiles(prepared) -> dict[str, str]:
     return topology.assign_profiles(list(prepared.plan.client_ids)) if topology is not None else {}
 
 
-def latency_extension(prepared, bus: EventBus, writer) -> Callable[[str], dict[str, Any]]:
+def latency_extension(prepared, bus: EventBus, writer, sees_all_nodes: bool = True) -> Callable[[str], dict[str, Any]]:
     """Attach the tracer to ``bus``; the returned callable prices the run and writes the files.
 
     ``prepared`` is the run's :class:`~p2pgan.engine.runner.PreparedRun`; ``writer`` its results
@@ -117,12 +138,17 @@ def latency_extension(prepared, bus: EventBus, writer) -> Callable[[str], dict[s
     edge topology is used. After every round a :class:`~p2pgan.events.SimulatedTime` estimate
     (the analytic per-iteration time, exact without shared capacities) goes on the bus for live
     views; the files written at the end come from the SimPy engine.
+
+    A process that hosts only some nodes (``sees_all_nodes=False``, e.g. the server process of a
+    multi-process run) cannot observe the other nodes' operations; it prices the plan's
+    operations for the rounds it completed instead (``trace_from_plan``, which the tests prove
+    equal to a recorded trace).
     """
     topology = scenario_topology(prepared)
     if topology is None:
         return lambda status: {}
     assignment = topology.assign_profiles(list(prepared.plan.client_ids))
-    tracer = OperationTracer()
+    tracer = OperationTracer() if sees_all_nodes else _PlannedTrace(prepared)
     clock = _WallClock()
     bus.subscribe(tracer)
     bus.subscribe(clock)

@@ -57,12 +57,20 @@ class Mailbox:
         waiter: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[key] = waiter
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-            # races with delivery, which would leave a stopped run waiting out the deadline.
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 return await waiter
-        except TimeoutError:
-            raise PeerError(key.src, f"no {key.kind.value} message for {key} within {timeout:g} s") from None
+            # The deadline counts slices of *responsive* waiting: if this process's event loop was
+            # blocked (a long compute, a slow observer), a slice still counts only its own length,
+            # so a local stall is never mistaken for a silent peer. asyncio.wait also never
+            # cancels the waiter, so a delivery racing with a slice's end is not lost.
+            waited, slice_s = 0.0, min(1.0, timeout)
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=slice_s)
+                if done:
+                    return waiter.result()
+                waited += slice_s
+                if waited >= timeout:
+                    raise PeerError(key.src, f"no {key.kind.value} message for {key} within {timeout:g} s")
         finally:
             self._waiting.pop(key, None)
 

@@ -1,0 +1,56 @@
+"""Mailbox semantics: claim by key, duplicates, deadlines that ignore local stalls, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from p2pgan.engine.messages import Message, MessageKind, Phase
+from p2pgan.errors import PeerError
+from transports.base import Mailbox
+
+
+def msg(step: int = 0) -> Message:
+    return Message(MessageKind.ACTIVATION, "c000", "server", 1, step, Phase.G_FWD, {"act": torch.ones(2)})
+
+
+async def test_claim_by_key_in_any_order_and_refuse_duplicates():
+    box = Mailbox()
+    assert box.put(msg(1)) and box.put(msg(0))
+    assert not box.put(msg(1))  # redelivery of an undelivered message is a no-op
+    assert (await box.get(msg(0).key, timeout=1)).step == 0
+    assert (await box.get(msg(1).key, timeout=1)).step == 1
+
+
+async def test_silent_peer_fails_with_its_name():
+    box = Mailbox()
+    start = time.monotonic()
+    with pytest.raises(PeerError, match="peer c000"):
+        await box.get(msg().key, timeout=0.3)
+    assert time.monotonic() - start < 2
+
+
+async def test_a_blocked_event_loop_is_not_a_silent_peer():
+    box = Mailbox()
+
+    async def stall_then_deliver():
+        await asyncio.sleep(0.05)
+        time.sleep(1.5)  # e.g. a slow observer on the loop, far past the deadline below
+        box.put(msg())
+
+    deliver = asyncio.create_task(stall_then_deliver())
+    got = await box.get(msg().key, timeout=0.5)
+    await deliver
+    assert got.step == 0
+
+
+async def test_failure_wakes_waiters():
+    box = Mailbox()
+    waiter = asyncio.create_task(box.get(msg().key, timeout=10))
+    await asyncio.sleep(0.01)
+    box.fail(PeerError("c009", "died"))
+    with pytest.raises(PeerError, match="c009"):
+        await waiter

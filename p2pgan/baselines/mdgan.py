@@ -30,17 +30,18 @@ import torch
 from torch.nn import functional as F
 
 from p2pgan.engine.client import BatchSampler, ClientLosses, _RoundLosses
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKey, MessageKind, Phase
+from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKind, Phase
+from p2pgan.engine.port import NodePort
 from p2pgan.engine.server import AggregationDone
 from p2pgan.engine.setup import flatten_blocks, float_state, node_seed, unflatten_blocks
-from p2pgan.events import ComputeEvent, EventBus, NodeStateEvent, TransferEvent
+from p2pgan.events import EventBus, NodeStateEvent
 from p2pgan.federation.base import FederationResult
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, build_initial_blocks
 from p2pgan.model.segments import Segment
 
 
 class _Node:
-    """Messaging and event helpers shared by both MD-GAN nodes."""
+    """What both MD-GAN nodes share: their plan, random stream and traced port."""
 
     node_id: str
 
@@ -49,35 +50,9 @@ class _Node:
         self._prepared = prepared
         self._setup = prepared.setup
         self._schedule = prepared.plan.schedule
-        self._endpoint = endpoint
         self._bus = bus
         self._gen = torch.Generator().manual_seed(node_seed(prepared.setup.seed, node_id))
-        self._consumed: list[str] = []
-        self._round = 0
-        self._step = 0
-
-    async def _receive(self, src: str, phase: Phase, kind: MessageKind) -> Message:
-        self._state("waiting")
-        msg = await self._endpoint.receive(MessageKey(kind, src, self.node_id, self._round, self._step, phase))
-        self._consumed.append(msg.msg_id)
-        return msg
-
-    async def _send(self, msg: Message) -> None:
-        self._state("sending")
-        self._bus.publish(TransferEvent(msg.msg_id, msg.src, msg.dst, msg.kind.value, msg.round, msg.step,
-                                        msg.phase.value, msg.nbytes))
-        await self._endpoint.send(msg)
-
-    def _computed(self, blocks: tuple[str, ...], phase: Phase, direction: str, batch: int,
-                  flops: float | None = None) -> None:
-        if flops is None:
-            flops = self._setup.costs.flops(blocks, direction) * batch if blocks else 0.0
-        self._bus.publish(ComputeEvent(self.node_id, self._round, self._step, phase.value, direction,
-                                       tuple(blocks), batch, float(flops), tuple(self._consumed)))
-        self._consumed.clear()
-
-    def _state(self, state: str) -> None:
-        self._bus.publish(NodeStateEvent(self.node_id, state))
+        self._port = NodePort(node_id, endpoint, bus, prepared.setup.costs)
 
 
 class MDGanServer(_Node):
@@ -99,45 +74,45 @@ class MDGanServer(_Node):
         self._bus.publish(NodeStateEvent(self.node_id, "done"))
 
     async def iteration(self, round_: int, step: int) -> None:
-        self._round, self._step = round_, step
+        self._port.at(round_, step)
         spec = self._setup.model
         batch = self._schedule.batch_size
         total = batch * len(self._clients)
         labels = torch.randint(0, spec.num_classes, (total,), generator=self._gen)
         z = torch.randn(total, spec.z_dim, generator=self._gen)
-        self._state("computing")
+        self._port.state("computing")
         fake = self._g(z, labels)
-        self._computed(GENERATOR.block_names, Phase.G_FWD, "fwd", total)
+        self._port.computed(GENERATOR.block_names, Phase.G_FWD, "fwd", total)
         for i, cid in enumerate(self._clients):
             part = slice(i * batch, (i + 1) * batch)
-            await self._send(Message(MessageKind.ACTIVATION, SERVER_ID, cid, round_, step, Phase.G_FWD,
+            await self._port.send(Message(MessageKind.ACTIVATION, SERVER_ID, cid, round_, step, Phase.G_FWD,
                                      {"images": fake[part].detach(), "labels": labels[part].clone()}))
         grads = []
         for cid in self._clients:  # client-id order, never arrival order
-            msg = await self._receive(cid, Phase.G_BWD, MessageKind.GRADIENT)
+            msg = await self._port.receive(MessageKind.GRADIENT, cid, Phase.G_BWD)
             grads.append(msg.tensors["grad"])
-        self._state("computing")
+        self._port.state("computing")
         self._g_opt.zero_grad(set_to_none=True)
         # MD-GAN averages the workers' feedback: each client's loss is a mean over its batch.
         torch.autograd.backward(fake, torch.cat(grads) / len(self._clients))
         self._g_opt.step()
-        self._computed(GENERATOR.block_names, Phase.G_BWD, "bwd", total)
+        self._port.computed(GENERATOR.block_names, Phase.G_BWD, "bwd", total)
 
     async def federate(self, round_: int) -> FederationResult:
-        self._round, self._step = round_, ROUND_LEVEL_STEP
+        self._port.at(round_, ROUND_LEVEL_STEP)
         d_states, losses = {}, {}
         for cid in self._clients:
-            msg = await self._receive(cid, Phase.FEDERATE, MessageKind.PARAMS)
+            msg = await self._port.receive(MessageKind.PARAMS, cid, Phase.FEDERATE)
             d_states[cid] = unflatten_blocks(msg.tensors)
             losses[cid] = {k: float(v) for k, v in msg.meta.items() if k != "num_examples"}
-        self._computed((), Phase.FEDERATE, "fwd", len(self._clients), 0.0)
+        self._port.computed((), Phase.FEDERATE, "fwd", len(self._clients), 0.0)
         ids = list(self._clients)
         # Cyclic swap: client i continues with the discriminator client i-1 trained.
         source = {cid: ids[(i - 1) % len(ids)] for i, cid in enumerate(ids)}
         client_blocks = {cid: d_states[source[cid]] for cid in ids}
         g_state = {name: {k: v.clone() for k, v in float_state(block).items()} for name, block in self.blocks.items()}
         for cid in ids:
-            await self._send(Message(MessageKind.AGGREGATE, SERVER_ID, cid, round_, ROUND_LEVEL_STEP,
+            await self._port.send(Message(MessageKind.AGGREGATE, SERVER_ID, cid, round_, ROUND_LEVEL_STEP,
                                      Phase.FEDERATE, flatten_blocks(client_blocks[cid])))
         model = {**g_state, **client_blocks[ids[0]]}
         result = FederationResult(client_blocks, g_state, {cid: 0 for cid in ids}, {0: model},
@@ -169,42 +144,42 @@ class MDGanClient(_Node):
         self._bus.publish(NodeStateEvent(self.node_id, "done"))
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
-        self._round, self._step = round_, step
+        self._port.at(round_, step)
         idx = self._sampler.next_indices()
         real, labels = self._data.images[idx], self._data.labels[idx]
-        msg = await self._receive(SERVER_ID, Phase.G_FWD, MessageKind.ACTIVATION)
+        msg = await self._port.receive(MessageKind.ACTIVATION, SERVER_ID, Phase.G_FWD)
         fake, fake_labels = msg.tensors["images"], msg.tensors["labels"].long()
-        self._state("computing")
+        self._port.state("computing")
         names = DISCRIMINATOR.block_names
         out_fake = self._d(fake, fake_labels)
-        self._computed(names, Phase.D_FAKE, "fwd", fake.shape[0])
+        self._port.computed(names, Phase.D_FAKE, "fwd", fake.shape[0])
         out_real = self._d(real, labels)
-        self._computed(names, Phase.D_REAL, "fwd", real.shape[0])
+        self._port.computed(names, Phase.D_REAL, "fwd", real.shape[0])
         loss_fake = F.binary_cross_entropy(out_fake, torch.zeros_like(out_fake))
         loss_real = F.binary_cross_entropy(out_real, torch.ones_like(out_real))
         d_loss = 0.5 * (loss_fake + loss_real)
         self._d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         self._d_opt.step()
-        self._computed(names, Phase.D_BWD, "bwd", fake.shape[0] + real.shape[0])
+        self._port.computed(names, Phase.D_BWD, "bwd", fake.shape[0] + real.shape[0])
 
         fake = fake.clone().requires_grad_(True)
         out_adv = self._d(fake, fake_labels)
-        self._computed(names, Phase.G_ADV, "fwd", fake.shape[0])
+        self._port.computed(names, Phase.G_ADV, "fwd", fake.shape[0])
         g_loss = F.binary_cross_entropy(out_adv, torch.ones_like(out_adv))
         (grad,) = torch.autograd.grad(g_loss, fake)
-        self._computed(names, Phase.G_ADV_BWD, "bwd", fake.shape[0])
-        await self._send(Message(MessageKind.GRADIENT, self.node_id, SERVER_ID, round_, step, Phase.G_BWD,
+        self._port.computed(names, Phase.G_ADV_BWD, "bwd", fake.shape[0])
+        await self._port.send(Message(MessageKind.GRADIENT, self.node_id, SERVER_ID, round_, step, Phase.G_BWD,
                                  {"grad": grad.detach()}))
         return ClientLosses(self.node_id, round_, step, loss_real.item(), loss_fake.item(), d_loss.item(),
                             g_loss.item())
 
     async def federate(self, round_: int, losses: dict[str, float]) -> None:
-        self._round, self._step = round_, ROUND_LEVEL_STEP
+        self._port.at(round_, ROUND_LEVEL_STEP)
         states = {name: float_state(block) for name, block in self.blocks.items()}
-        await self._send(Message(MessageKind.PARAMS, self.node_id, SERVER_ID, round_, ROUND_LEVEL_STEP,
+        await self._port.send(Message(MessageKind.PARAMS, self.node_id, SERVER_ID, round_, ROUND_LEVEL_STEP,
                                  Phase.FEDERATE, flatten_blocks(states), {"num_examples": len(self._data), **losses}))
-        reply = await self._receive(SERVER_ID, Phase.FEDERATE, MessageKind.AGGREGATE)
+        reply = await self._port.receive(MessageKind.AGGREGATE, SERVER_ID, Phase.FEDERATE)
         for name, state in unflatten_blocks(reply.tensors).items():
             self.blocks[name].load_state_dict(state, strict=False)
-        self._consumed.clear()
+        self._port.forget_received()

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKey, MessageKind, Phase
+from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKind, Phase
 from p2pgan.engine.plan import ClientPlan, Schedule
+from p2pgan.engine.port import NodePort
 from p2pgan.engine.setup import NodeSetup, flatten_blocks, float_state, node_seed, unflatten_blocks
-from p2pgan.events import ComputeEvent, EventBus, NodeStateEvent, TransferEvent
+from p2pgan.events import EventBus, NodeStateEvent
 from p2pgan.model.blocks import build_initial_blocks
 from p2pgan.model.segments import NetworkSplit, Segment
 from transports.base import Endpoint
@@ -91,7 +92,6 @@ class ClientNode:
         self._setup = setup
         self._schedule = schedule
         self._data = data
-        self._endpoint = endpoint
         self._bus = bus
         self._gen = torch.Generator().manual_seed(node_seed(setup.seed, self.node_id))
         self._sampler = BatchSampler(len(data), schedule.batch_size, self._gen)
@@ -101,9 +101,7 @@ class ClientNode:
         self._d = self._segments(plan.split.discriminator)
         self._g_opt = setup.adam([p for n in plan.split.generator.client_blocks for p in self.blocks[n].parameters()])
         self._d_opt = setup.adam([p for n in plan.split.discriminator.client_blocks for p in self.blocks[n].parameters()])
-        self._consumed: list[str] = []
-        self._round = 0
-        self._step = 0
+        self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
 
     def _segments(self, split: NetworkSplit) -> _NetworkSegments:
         head = Segment({n: self.blocks[n] for n in split.head})
@@ -124,7 +122,7 @@ class ClientNode:
         self._bus.publish(NodeStateEvent(self.node_id, "done"))
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
-        self._round, self._step = round_, step
+        self._port.at(round_, step)
         idx = self._sampler.next_indices()
         real, labels = self._data.images[idx], self._data.labels[idx]
         batch = labels.shape[0]
@@ -189,15 +187,15 @@ class ClientNode:
 
     async def federate(self, round_: int, losses: dict[str, float]) -> None:
         """Send this client's blocks up, load its cluster's average back."""
-        self._round, self._step = round_, ROUND_LEVEL_STEP
+        self._port.at(round_, ROUND_LEVEL_STEP)
         states = {name: float_state(block) for name, block in self.blocks.items()}
         meta: dict[str, str | int | float] = {"num_examples": len(self._data), **losses}
-        await self._send(Message(MessageKind.PARAMS, self.node_id, SERVER_ID, round_, ROUND_LEVEL_STEP,
-                                 Phase.FEDERATE, flatten_blocks(states), meta))
-        reply = await self._download(Phase.FEDERATE, MessageKind.AGGREGATE)
+        await self._port.send(self._port.message(MessageKind.PARAMS, SERVER_ID, Phase.FEDERATE,
+                                                 flatten_blocks(states), meta))
+        reply = await self._port.receive(MessageKind.AGGREGATE, SERVER_ID, Phase.FEDERATE)
         for name, state in unflatten_blocks(reply.tensors).items():
             self.blocks[name].load_state_dict(state, strict=False)
-        self._consumed.clear()
+        self._port.forget_received()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -208,18 +206,14 @@ class ClientNode:
     def _run(self, segment: Segment, phase: Phase, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not len(segment):
             return x
-        self._state("computing")
+        self._port.state("computing")
         out = segment(x, labels)
         self._computed(segment.block_names, phase, "fwd", x.shape[0])
         return out
 
     def _computed(self, blocks: tuple[str, ...], phase: Phase, direction: str, batch: int) -> None:
-        if not blocks:
-            return
-        flops = self._setup.costs.flops(blocks, direction) * batch
-        self._bus.publish(ComputeEvent(self.node_id, self._round, self._step, phase.value, direction,
-                                       tuple(blocks), batch, flops, tuple(self._consumed)))
-        self._consumed.clear()
+        if blocks:
+            self._port.computed(blocks, phase, direction, batch)
 
     async def _through_server(self, net: _NetworkSegments, phase: Phase, head_out: torch.Tensor) -> torch.Tensor:
         await self._upload(net, phase, {"act": head_out})
@@ -230,7 +224,7 @@ class ClientNode:
         if not net.via_server:
             return
         detached = {name: t.detach() for name, t in tensors.items()}
-        await self._send(Message(kind, self.node_id, SERVER_ID, self._round, self._step, phase, detached))
+        await self._port.send(self._port.message(kind, SERVER_ID, phase, detached))
 
     async def _download_activation(self, net: _NetworkSegments, phase: Phase, head_out: torch.Tensor) -> torch.Tensor:
         if not net.via_server:
@@ -239,16 +233,4 @@ class ClientNode:
         return msg.tensors["act"].requires_grad_(True)
 
     async def _download(self, phase: Phase, kind: MessageKind) -> Message:
-        self._state("waiting")
-        msg = await self._endpoint.receive(MessageKey(kind, SERVER_ID, self.node_id, self._round, self._step, phase))
-        self._consumed.append(msg.msg_id)
-        return msg
-
-    async def _send(self, msg: Message) -> None:
-        self._state("sending")
-        self._bus.publish(TransferEvent(msg.msg_id, msg.src, msg.dst, msg.kind.value, msg.round, msg.step,
-                                        msg.phase.value, msg.nbytes))
-        await self._endpoint.send(msg)
-
-    def _state(self, state: str) -> None:
-        self._bus.publish(NodeStateEvent(self.node_id, state))
+        return await self._port.receive(kind, SERVER_ID, phase)

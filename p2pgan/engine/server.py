@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKey, MessageKind, Phase
+from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, MessageKind, Phase
 from p2pgan.engine.plan import ClientPlan, RunPlan, feature_block
+from p2pgan.engine.port import NodePort
 from p2pgan.engine.setup import NodeSetup, flatten_blocks, float_state, unflatten_blocks
-from p2pgan.events import ComputeEvent, EventBus, NodeStateEvent, TransferEvent
+from p2pgan.events import EventBus, NodeStateEvent
 from p2pgan.federation.base import ClientUpdate, FederationInput, FederationResult, FederationStrategy
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, NetworkDef, build_initial_blocks
 from transports.base import Endpoint
@@ -43,7 +44,6 @@ class ServerNode:
         self._plan = plan
         self._strategy = strategy
         self._num_domains = num_domains
-        self._endpoint = endpoint
         self._bus = bus
         blocks = build_initial_blocks(setup.model, setup.seed)
         self.blocks = {name: blocks[name] for name in plan.server_blocks()}
@@ -53,9 +53,7 @@ class ServerNode:
         self._d_clients = plan.clients_through(DISCRIMINATOR)
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
-        self._consumed: list[str] = []
-        self._round = 0
-        self._step = 0
+        self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
 
     async def run(self) -> None:
         schedule = self._plan.schedule
@@ -66,7 +64,7 @@ class ServerNode:
         self._bus.publish(NodeStateEvent(self.node_id, "done"))
 
     async def iteration(self, round_: int, step: int) -> None:
-        self._round, self._step = round_, step
+        self._port.at(round_, step)
         g_graph = await self._forward(GENERATOR, self._g_clients, Phase.G_FWD)
         fake_graph = await self._forward(DISCRIMINATOR, self._d_clients, Phase.D_FAKE)
         real_graph = await self._forward(DISCRIMINATOR, self._d_clients, Phase.D_REAL)
@@ -84,11 +82,11 @@ class ServerNode:
             self._g_opt.step()
 
     async def federate(self, round_: int) -> FederationResult:
-        self._round, self._step = round_, ROUND_LEVEL_STEP
+        self._port.at(round_, ROUND_LEVEL_STEP)
         updates: dict[str, ClientUpdate] = {}
         losses: dict[str, dict[str, float]] = {}
         for client in self._plan.clients:
-            msg = await self._receive(client.client_id, Phase.FEDERATE, MessageKind.PARAMS)
+            msg = await self._port.receive(MessageKind.PARAMS, client.client_id, Phase.FEDERATE)
             losses[client.client_id] = {k: float(v) for k, v in msg.meta.items() if k != "num_examples"}
             updates[client.client_id] = ClientUpdate(
                 client.client_id, client.num_examples, client.cut.as_tuple(), unflatten_blocks(msg.tensors), losses[client.client_id])
@@ -99,15 +97,15 @@ class ServerNode:
             features=dict(self._features),
             num_domains=self._num_domains,
         )
-        self._state("computing")
+        self._port.state("computing")
         result = self._strategy.aggregate(inputs)
         averaged = sum(t.numel() for u in updates.values() for s in u.blocks.values() for t in s.values())
-        self._computed((), Phase.FEDERATE, "fwd", len(updates), float(averaged))
+        self._port.computed((), Phase.FEDERATE, "fwd", len(updates), float(averaged))
         for name, state in result.server_blocks.items():
             self.blocks[name].load_state_dict(state, strict=False)
         for client in self._plan.clients:
-            await self._send(Message(MessageKind.AGGREGATE, SERVER_ID, client.client_id, round_, ROUND_LEVEL_STEP,
-                                     Phase.FEDERATE, flatten_blocks(result.client_blocks[client.client_id])))
+            await self._port.send(self._port.message(MessageKind.AGGREGATE, client.client_id, Phase.FEDERATE,
+                                                     flatten_blocks(result.client_blocks[client.client_id])))
         self._bus.publish(AggregationDone(round_, result, losses))
         return result
 
@@ -118,9 +116,9 @@ class ServerNode:
         if not clients:
             return graph
         for client in clients:
-            msg = await self._receive(client.client_id, phase, MessageKind.ACTIVATION)
+            msg = await self._port.receive(MessageKind.ACTIVATION, client.client_id, phase)
             graph.leaves[client.client_id] = msg.tensors["act"].requires_grad_(True)
-        self._state("computing")
+        self._port.state("computing")
         flowing: dict[str, torch.Tensor] = {}
         record_features = phase is Phase.D_REAL
         for name in net.block_names:
@@ -136,12 +134,12 @@ class ServerNode:
                 if record_features and name == self._feature_block:
                     self._features[c] = chunk.detach()
             graph.samples_per_block[name] = sum(sizes)
-        self._computed(tuple(graph.samples_per_block), phase, "fwd", sum(x.shape[0] for x in graph.leaves.values()),
-                       self._flops(graph.samples_per_block, "fwd"))
+        self._port.computed(tuple(graph.samples_per_block), phase, "fwd",
+                            sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, "fwd"))
         for client in clients:
             graph.outputs[client.client_id] = flowing[client.client_id]
-            await self._send(Message(MessageKind.ACTIVATION, SERVER_ID, client.client_id, self._round, self._step,
-                                     phase, {"act": flowing[client.client_id].detach()}))
+            await self._port.send(self._port.message(MessageKind.ACTIVATION, client.client_id, phase,
+                                                     {"act": flowing[client.client_id].detach()}))
         return graph
 
     async def _backward(self, clients: tuple[ClientPlan, ...], phase: Phase, graphs: dict[str, _PhaseGraph]) -> None:
@@ -150,22 +148,21 @@ class ServerNode:
             return
         outputs, grads = [], []
         for client in clients:
-            msg = await self._receive(client.client_id, phase, MessageKind.GRADIENT)
+            msg = await self._port.receive(MessageKind.GRADIENT, client.client_id, phase)
             for name, graph in graphs.items():
                 outputs.append(graph.outputs[client.client_id])
                 grads.append(msg.tensors[name])
-        self._state("computing")
+        self._port.state("computing")
         torch.autograd.backward(outputs, grads)
         samples: dict[str, int] = {}
         for graph in graphs.values():
             for name, count in graph.samples_per_block.items():
                 samples[name] = samples.get(name, 0) + count
         batch = sum(x.shape[0] for g in graphs.values() for x in g.leaves.values())
-        self._computed(tuple(samples), phase, "bwd", batch, self._flops(samples, "bwd"))
+        self._port.computed(tuple(samples), phase, "bwd", batch, self._flops(samples, "bwd"))
         for client in clients:
             tensors = {name: graph.leaves[client.client_id].grad for name, graph in graphs.items()}
-            await self._send(Message(MessageKind.GRADIENT, SERVER_ID, client.client_id, self._round, self._step,
-                                     phase, tensors))
+            await self._port.send(self._port.message(MessageKind.GRADIENT, client.client_id, phase, tensors))
 
     @staticmethod
     def _server_part(client: ClientPlan, net: NetworkDef) -> tuple[str, ...]:
@@ -174,25 +171,3 @@ class ServerNode:
     def _flops(self, samples_per_block: dict[str, int], direction: str) -> float:
         costs = self._setup.costs
         return sum(costs.flops((name,), direction) * n for name, n in samples_per_block.items())
-
-    # -- messaging and events ---------------------------------------------------------------
-
-    async def _receive(self, src: str, phase: Phase, kind: MessageKind) -> Message:
-        self._state("waiting")
-        msg = await self._endpoint.receive(MessageKey(kind, src, SERVER_ID, self._round, self._step, phase))
-        self._consumed.append(msg.msg_id)
-        return msg
-
-    async def _send(self, msg: Message) -> None:
-        self._state("sending")
-        self._bus.publish(TransferEvent(msg.msg_id, msg.src, msg.dst, msg.kind.value, msg.round, msg.step,
-                                        msg.phase.value, msg.nbytes))
-        await self._endpoint.send(msg)
-
-    def _computed(self, blocks: tuple[str, ...], phase: Phase, direction: str, batch: int, flops: float) -> None:
-        self._bus.publish(ComputeEvent(self.node_id, self._round, self._step, phase.value, direction, blocks,
-                                       batch, flops, tuple(self._consumed)))
-        self._consumed.clear()
-
-    def _state(self, state: str) -> None:
-        self._bus.publish(NodeStateEvent(self.node_id, state))

@@ -25,7 +25,7 @@ def test_compare_runs_each_strategy_and_writes_a_table(repo_root, tmp_path, caps
         assert config["strategy"]["name"] == name and config["seed"] == 7
     assert "| mnist | huscf |" in printed and "| fashion-mnist | fedavg-gan |" in printed
     table = (out / "comparison.md").read_text()
-    assert "p2pgan compare" in table.splitlines()[0]
+    assert table.splitlines()[0].startswith("`p2pgan compare ") and "--strategies huscf,fedavg-gan" in table
     assert "acc %" in table and "FID" in table
     with (out / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,13 @@ def compare_command(args: argparse.Namespace) -> int:
     results = run_comparison(args.file, strategies, list(args.overrides), out, quiet=args.quiet)
     table = format_table(results)
     print(table)
-    paths = write_comparison(results, out, command=" ".join(["p2pgan", "compare", *sys.argv[2:]]))
+    command = ["p2pgan", "compare", str(args.file), "--strategies", ",".join(strategies)]
+    for override in args.overrides:
+        command += ["--set", override]
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
+    command += ["--out", str(args.out or out)]
+    paths = write_comparison(results, out, command=shlex.join(command))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0 if all(r["status"] == "completed" for r in results) else 1
 

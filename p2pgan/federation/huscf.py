@@ -30,6 +30,10 @@ middle block from the round's last real-data D pass (``FederationInput.features`
    Centring unconditionally costs accuracy when it is not needed (a group's mean then depends on
    its domain mix: four-domain ARI 0.93 → 0.84 above); in the runs above it never triggered,
    while on synthetic cut-dominated features it recovers the domains (tests/test_federation.py).
+   Residual effect seen: in scenarios/multidomain.yaml with searched cuts only two of 12 clients
+   offload D's head block (``d_head=0``); they were intermittent outliers in rounds 3–9 (ARI
+   0.64–1.0 per round) before the clusters settled at ARI 1.0 from round 10 on. Centring a
+   group of two would mirror its members around the origin, so it is (rightly) not applied.
    The features are then standardised per dimension.
 2. **KLD scores and weights** (:mod:`p2pgan.federation.kld`): ``w_i`` within the client's cluster,
    ``g_i`` over all clients.

@@ -304,16 +304,6 @@ def _fmt(value: Any) -> str:
     return "" if value is None else repr(round(float(value), 6))
 
 
-def _subscribe_first(bus: EventBus, observer: Callable[[object], None]) -> None:
-    """Subscribe ``observer`` ahead of those already subscribed, so the metrics it adds to
-    ``AggregationDone.result.details`` are there when the results writer and the live view read it."""
-    observers = getattr(bus, "_observers", None)
-    if isinstance(observers, list):
-        observers.insert(0, observer)
-    else:  # pragma: no cover - a bus without the list: order then depends on subscription time
-        bus.subscribe(observer)
-
-
 def metrics_extension(prepared, bus: EventBus, writer) -> Finisher:
     """Attach a :class:`RunEvaluator` (if ``metrics.enabled``); return its finisher for the session."""
     if not prepared.scenario.metrics.enabled:
@@ -325,7 +315,7 @@ def metrics_extension(prepared, bus: EventBus, writer) -> Finisher:
         evaluator.disabled_reason = f"{type(exc).__name__}: {exc}"
         bus.publish(LogEvent(f"metrics disabled: cannot prepare the judge classifiers ({evaluator.disabled_reason})",
                              "error"))
-    _subscribe_first(bus, evaluator)
+    bus.subscribe(evaluator, first=True)
     return evaluator.finish
 
 

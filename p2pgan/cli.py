@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from p2pgan import __version__
 from p2pgan.commands import COMMAND_MODULES
 from p2pgan.errors import P2PGanError
+from p2pgan.runtime import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = _install_stop_signals()
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except P2PGanError as exc:

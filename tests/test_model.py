@@ -73,3 +73,12 @@ def test_initialisation_is_seeded_and_leaves_global_rng_alone():
     b = build_initial_blocks(ModelSpec(width=0.25), seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(a["d1"].body[0].weight, b["d1"].body[0].weight)
+
+
+def test_allocator_tuning_applies_on_glibc():
+    import platform
+
+    from p2pgan.runtime import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert applied or platform.libc_ver()[0] != "glibc"

@@ -119,6 +119,8 @@ def run_worker(kind: str, clients: int, args: argparse.Namespace) -> dict:
            "--batch", str(args.batch), "--reps", str(args.reps), "--warmup", str(args.warmup)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.default_malloc:
+        cmd.append("--default-malloc")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -131,16 +133,23 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default allocator settings (the CLI tunes them; see p2pgan.runtime)")
     parser.add_argument("--worker", choices=("split", "mono"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
+        if not args.default_malloc:
+            from p2pgan.runtime import keep_freed_memory
+
+            keep_freed_memory()  # both sides alike, as the CLI runs them
         worker = split_worker if args.worker == "split" else mono_worker
         print(json.dumps(worker(args.clients[0], args.width, args.batch, args.reps, args.warmup)))
         return
     print(f"width {args.width}, batch {args.batch}, median of {args.reps} after {args.warmup} warm-up, "
-          f"torch threads {args.threads or torch.get_num_threads()}, mixed cuts")
+          f"torch threads {args.threads or torch.get_num_threads()}, mixed cuts, "
+          f"{'default' if args.default_malloc else 'tuned'} malloc")
     print(f"{'clients':>7} {'split s/it':>11} {'mono s/it':>10} {'ratio':>6} {'split MB/client':>16} {'mono MB/client':>15}")
     for clients in args.clients:
         # Alternate order so that slow drift of the machine does not favour one side.

@@ -18,7 +18,6 @@ import asyncio
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time

@@ -29,12 +29,13 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from p2pgan.engine.client import BatchSampler, ClientLosses, _RoundLosses
+from p2pgan.engine.client import BatchSampler, ClientLosses
+from p2pgan.engine.loops import run_client, run_server
 from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKind, Phase
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.server import AggregationDone
 from p2pgan.engine.setup import flatten_blocks, float_state, node_seed, unflatten_blocks
-from p2pgan.events import EventBus, NodeStateEvent
+from p2pgan.events import EventBus
 from p2pgan.federation.base import FederationResult
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, build_initial_blocks
 from p2pgan.model.segments import Segment
@@ -67,11 +68,7 @@ class MDGanServer(_Node):
         self._clients = prepared.plan.client_ids
 
     async def run(self) -> None:
-        for round_ in range(1, self._schedule.rounds + 1):
-            for step in range(self._schedule.steps_per_round):
-                await self.iteration(round_, step)
-            await self.federate(round_)
-        self._bus.publish(NodeStateEvent(self.node_id, "done"))
+        await run_server(self, self._schedule, self._bus)
 
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)
@@ -134,14 +131,7 @@ class MDGanClient(_Node):
         self._d_opt = self._setup.adam(list(self._d.parameters()))
 
     async def run(self) -> None:
-        for round_ in range(1, self._schedule.rounds + 1):
-            round_losses = _RoundLosses()
-            for step in range(self._schedule.steps_per_round):
-                losses = await self.iteration(round_, step)
-                round_losses.add(losses)
-                self._bus.publish(losses)
-            await self.federate(round_, round_losses.means())
-        self._bus.publish(NodeStateEvent(self.node_id, "done"))
+        await run_client(self, self._schedule, self._bus)
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)

@@ -8,10 +8,11 @@ import torch
 from torch.nn import functional as F
 
 from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKind, Phase
+from p2pgan.engine.loops import run_client
 from p2pgan.engine.plan import ClientPlan, Schedule
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.setup import NodeSetup, flatten_blocks, float_state, node_seed, unflatten_blocks
-from p2pgan.events import EventBus, NodeStateEvent
+from p2pgan.events import EventBus
 from p2pgan.model.blocks import build_initial_blocks
 from p2pgan.model.segments import NetworkSplit, Segment
 from transports.base import Endpoint
@@ -69,7 +70,7 @@ class _NetworkSegments:
 
 
 @dataclass
-class _RoundLosses:
+class RoundLosses:
     sums: dict[str, float] = field(default_factory=lambda: {"d_real": 0.0, "d_fake": 0.0, "d_loss": 0.0, "g_loss": 0.0})
     count: int = 0
 
@@ -111,15 +112,7 @@ class ClientNode:
     # -- the schedule -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        schedule = self._schedule
-        for round_ in range(1, schedule.rounds + 1):
-            round_losses = _RoundLosses()
-            for step in range(schedule.steps_per_round):
-                losses = await self.iteration(round_, step)
-                round_losses.add(losses)
-                self._bus.publish(losses)
-            await self.federate(round_, round_losses.means())
-        self._bus.publish(NodeStateEvent(self.node_id, "done"))
+        await run_client(self, self._schedule, self._bus)
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import torch
 
 from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, MessageKind, Phase
+from p2pgan.engine.loops import run_server
 from p2pgan.engine.plan import ClientPlan, RunPlan, feature_block
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.setup import NodeSetup, flatten_blocks, float_state, unflatten_blocks
-from p2pgan.events import EventBus, NodeStateEvent
+from p2pgan.events import EventBus
 from p2pgan.federation.base import ClientUpdate, FederationInput, FederationResult, FederationStrategy
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, NetworkDef, build_initial_blocks
 from transports.base import Endpoint
@@ -56,12 +57,7 @@ class ServerNode:
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
 
     async def run(self) -> None:
-        schedule = self._plan.schedule
-        for round_ in range(1, schedule.rounds + 1):
-            for step in range(schedule.steps_per_round):
-                await self.iteration(round_, step)
-            await self.federate(round_)
-        self._bus.publish(NodeStateEvent(self.node_id, "done"))
+        await run_server(self, self._plan.schedule, self._bus)
 
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)

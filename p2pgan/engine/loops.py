@@ -1,0 +1,50 @@
+"""The schedule every node follows: rounds of iterations, each round closed by federation.
+
+Client-side and server-side node kinds (the split engine's and the baselines') implement
+``iteration`` and ``federate``; these loops are the one place that walks the schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from p2pgan.engine.plan import Schedule
+from p2pgan.events import EventBus, NodeStateEvent
+
+
+class ClientRole(Protocol):
+    node_id: str
+
+    async def iteration(self, round_: int, step: int): ...  # -> ClientLosses
+
+    async def federate(self, round_: int, losses: dict[str, float]) -> None: ...
+
+
+class ServerRole(Protocol):
+    node_id: str
+
+    async def iteration(self, round_: int, step: int) -> None: ...
+
+    async def federate(self, round_: int) -> object: ...
+
+
+async def run_client(node: ClientRole, schedule: Schedule, bus: EventBus) -> None:
+    """Iterate, publish every step's losses, and send the round's mean losses with the parameters."""
+    from p2pgan.engine.client import RoundLosses
+
+    for round_ in range(1, schedule.rounds + 1):
+        round_losses = RoundLosses()
+        for step in range(schedule.steps_per_round):
+            losses = await node.iteration(round_, step)
+            round_losses.add(losses)
+            bus.publish(losses)
+        await node.federate(round_, round_losses.means())
+    bus.publish(NodeStateEvent(node.node_id, "done"))
+
+
+async def run_server(node: ServerRole, schedule: Schedule, bus: EventBus) -> None:
+    for round_ in range(1, schedule.rounds + 1):
+        for step in range(schedule.steps_per_round):
+            await node.iteration(round_, step)
+        await node.federate(round_)
+    bus.publish(NodeStateEvent(node.node_id, "done"))

@@ -24,7 +24,7 @@ whose coroutines interleaved differently give equal lists (and equal simulated t
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, MessageKey, MessageKind, Phase
@@ -272,35 +272,56 @@ class _Iteration:
         return {c: self.emit.send(kind, SERVER_ID, c, self.rnd, self.step, phase, size(c, _net(splits[c], network)))
                 for c in users}
 
+    def round_trip(self, network, phase: Phase, direction: str, multiplier: int,
+                   before: Callable[[NetworkSplit], tuple[str, ...]], up: Callable[[NetworkSplit], tuple[str, ...]],
+                   down: Callable[[NetworkSplit], tuple[str, ...]], after: Callable[[NetworkSplit], tuple[str, ...]]) -> None:
+        """Clients compute ``before`` and upload (the output of ``up``'s last block); the server
+        computes batched and sends each client ``down``'s output; clients then compute ``after``."""
+        kind = MessageKind.ACTIVATION if direction == "fwd" else MessageKind.GRADIENT
+        batch = {c: multiplier * self.batch[c] for c in self.clients}
+        ups = {}
+        for c in self.clients:
+            part = _net(self.splits[c], network)
+            self.compute(c, phase, direction, before(part), batch[c])
+            ups[c] = self.upload(c, network, phase, kind, batch[c] * self.out(up(part)) if part.server else 0)
+        downs = self.server(network, phase, direction, multiplier, ups, kind,
+                            lambda c, part: batch[c] * self.out(down(part)))
+        for c in self.clients:
+            part = _net(self.splits[c], network)
+            if part.server:
+                self.emit.receive(c, downs[c])
+                self.compute(c, phase, direction, after(part), batch[c])
+
+    def out(self, blocks: tuple[str, ...]) -> int:
+        return _last_out_bytes(self.costs, blocks)
+
     def run(self) -> None:
-        act, grad = MessageKind.ACTIVATION, MessageKind.GRADIENT
-        clients, splits, B, costs = self.clients, self.splits, self.batch, self.costs
+        act = MessageKind.ACTIVATION
+        clients, splits, B = self.clients, self.splits, self.batch
         G, D = GENERATOR, DISCRIMINATOR
 
-        def out(blocks: tuple[str, ...]) -> int:
-            return _last_out_bytes(costs, blocks)
+        def head(part: NetworkSplit) -> tuple[str, ...]:
+            return part.head
+
+        def server(part: NetworkSplit) -> tuple[str, ...]:
+            return part.server
+
+        def tail(part: NetworkSplit) -> tuple[str, ...]:
+            return part.tail
 
         # 1. G forward: head -> server middle -> tail.
-        ups = {}
-        for c in clients:
-            g = splits[c].generator
-            self.compute(c, Phase.G_FWD, "fwd", g.head, B[c])
-            ups[c] = self.upload(c, G, Phase.G_FWD, act, B[c] * out(g.head))
-        downs = self.server(G, Phase.G_FWD, "fwd", 1, ups, act, lambda c, s: B[c] * out(s.server))
-        for c in clients:
-            self.emit.receive(c, downs.get(c))
-            self.compute(c, Phase.G_FWD, "fwd", splits[c].generator.tail, B[c])
+        self.round_trip(G, Phase.G_FWD, "fwd", 1, head, head, server, tail)
 
         # 2. D forward on fake and real: both heads go up before either result comes back.
         fake_ups, real_ups = {}, {}
         for c in clients:
             d = splits[c].discriminator
             self.compute(c, Phase.D_FAKE, "fwd", d.head, B[c])
-            fake_ups[c] = self.upload(c, D, Phase.D_FAKE, act, B[c] * out(d.head))
+            fake_ups[c] = self.upload(c, D, Phase.D_FAKE, act, B[c] * self.out(d.head))
             self.compute(c, Phase.D_REAL, "fwd", d.head, B[c])
-            real_ups[c] = self.upload(c, D, Phase.D_REAL, act, B[c] * out(d.head))
-        fake_downs = self.server(D, Phase.D_FAKE, "fwd", 1, fake_ups, act, lambda c, s: B[c] * out(s.server))
-        real_downs = self.server(D, Phase.D_REAL, "fwd", 1, real_ups, act, lambda c, s: B[c] * out(s.server))
+            real_ups[c] = self.upload(c, D, Phase.D_REAL, act, B[c] * self.out(d.head))
+        fake_downs = self.server(D, Phase.D_FAKE, "fwd", 1, fake_ups, act, lambda c, s: B[c] * self.out(s.server))
+        real_downs = self.server(D, Phase.D_REAL, "fwd", 1, real_ups, act, lambda c, s: B[c] * self.out(s.server))
         for c in clients:
             d = splits[c].discriminator
             if d.server:
@@ -309,57 +330,12 @@ class _Iteration:
                 self.emit.receive(c, real_downs[c])
                 self.compute(c, Phase.D_REAL, "fwd", d.tail, B[c])
 
-        # 3. D backward of both passes together (2B).
-        ups = {}
-        for c in clients:
-            d = splits[c].discriminator
-            self.compute(c, Phase.D_BWD, "bwd", _backward_blocks(d), 2 * B[c])
-            ups[c] = self.upload(c, D, Phase.D_BWD, grad, 2 * B[c] * out(d.server) if d.server else 0)
-        downs = self.server(D, Phase.D_BWD, "bwd", 2, ups, grad, lambda c, s: 2 * B[c] * out(s.head))
-        for c in clients:
-            d = splits[c].discriminator
-            if d.server:
-                self.emit.receive(c, downs[c])
-                self.compute(c, Phase.D_BWD, "bwd", d.head, 2 * B[c])
-
-        # 4. G's adversarial pass through D.
-        ups = {}
-        for c in clients:
-            d = splits[c].discriminator
-            self.compute(c, Phase.G_ADV, "fwd", d.head, B[c])
-            ups[c] = self.upload(c, D, Phase.G_ADV, act, B[c] * out(d.head))
-        downs = self.server(D, Phase.G_ADV, "fwd", 1, ups, act, lambda c, s: B[c] * out(s.server))
-        for c in clients:
-            d = splits[c].discriminator
-            if d.server:
-                self.emit.receive(c, downs[c])
-                self.compute(c, Phase.G_ADV, "fwd", d.tail, B[c])
-
-        # 5. Its backward through D, down to the fake image.
-        ups = {}
-        for c in clients:
-            d = splits[c].discriminator
-            self.compute(c, Phase.G_ADV_BWD, "bwd", _backward_blocks(d), B[c])
-            ups[c] = self.upload(c, D, Phase.G_ADV_BWD, grad, B[c] * out(d.server) if d.server else 0)
-        downs = self.server(D, Phase.G_ADV_BWD, "bwd", 1, ups, grad, lambda c, s: B[c] * out(s.head))
-        for c in clients:
-            d = splits[c].discriminator
-            if d.server:
-                self.emit.receive(c, downs[c])
-                self.compute(c, Phase.G_ADV_BWD, "bwd", d.head, B[c])
-
-        # 6. G backward: tail -> server middle -> head.
-        ups = {}
-        for c in clients:
-            g = splits[c].generator
-            self.compute(c, Phase.G_BWD, "bwd", _backward_blocks(g), B[c])
-            ups[c] = self.upload(c, G, Phase.G_BWD, grad, B[c] * out(g.server) if g.server else 0)
-        downs = self.server(G, Phase.G_BWD, "bwd", 1, ups, grad, lambda c, s: B[c] * out(s.head))
-        for c in clients:
-            g = splits[c].generator
-            if g.server:
-                self.emit.receive(c, downs[c])
-                self.compute(c, Phase.G_BWD, "bwd", g.head, B[c])
+        # 3. D backward of both passes together (2B); 4. G's adversarial pass through D;
+        # 5. its backward through D, down to the fake image; 6. G backward: tail -> middle -> head.
+        self.round_trip(D, Phase.D_BWD, "bwd", 2, _backward_blocks, server, head, head)
+        self.round_trip(D, Phase.G_ADV, "fwd", 1, head, head, server, tail)
+        self.round_trip(D, Phase.G_ADV_BWD, "bwd", 1, _backward_blocks, server, head, head)
+        self.round_trip(G, Phase.G_BWD, "bwd", 1, _backward_blocks, server, head, head)
 
 
 def client_param_bytes(split: ClientSplit, costs: ModelCosts) -> int:

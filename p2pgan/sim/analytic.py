@@ -180,15 +180,22 @@ def iteration_seconds(options: np.ndarray, table: OptionTable, groups: GroupArra
     def receive(c: np.ndarray, via: np.ndarray, arrival: np.ndarray, after: np.ndarray) -> np.ndarray:
         return np.where(via, np.maximum(c, arrival) + after, c)
 
+    def round_trip(c: np.ndarray, s: np.ndarray, via: np.ndarray, batch: np.ndarray, multiplier: int,
+                   before: str, up: str, on_server: str, down: str, after: str) -> tuple[np.ndarray, np.ndarray]:
+        """Clients compute ``before`` and upload; the server computes batched; each client
+        downloads its slice and computes ``after`` (column names of the cost table)."""
+        c = c + local(col[before], batch)
+        a = upload(c, batch * col[up])
+        s = server(s, via, a, col[on_server], multiplier)
+        r = download(s[..., None], batch * col[down])
+        return receive(c, via, r, local(col[after], batch)), s
+
     s = np.zeros(lead)
     B2 = 2 * B
 
     # G forward: head -> server -> tail.
-    c = local(col["gh_f"], B)
-    a = upload(c, B * col["g_up"])
-    s = server(s, gvia, a, col["gs_f"], 1)
-    r = download(s[..., None], B * col["g_dn"])
-    c = receive(c, gvia, r, local(col["gt_f"], B))
+    idle = np.zeros_like(local(col["gh_f"], B))
+    c, s = round_trip(idle, s, gvia, B, 1, "gh_f", "g_up", "gs_f", "g_dn", "gt_f")
 
     # D on fake then real: both heads go up back to back.
     c = c + local(col["dh_f"], B)
@@ -202,32 +209,11 @@ def iteration_seconds(options: np.ndarray, table: OptionTable, groups: GroupArra
     c = receive(c, dvia, r_fake, local(col["dt_f"], B))
     c = receive(c, dvia, r_real, local(col["dt_f"], B))
 
-    # D backward of both passes (2B).
-    c = c + local(col["d_first_b"], B2)
-    a = upload(c, B2 * col["d_dn"])
-    s = server(s, dvia, a, col["ds_b"], 2)
-    r = download(s[..., None], B2 * col["d_up"])
-    c = receive(c, dvia, r, local(col["dh_b"], B2))
-
-    # G's pass through D, then its backward.
-    c = c + local(col["dh_f"], B)
-    a = upload(c, B * col["d_up"])
-    s = server(s, dvia, a, col["ds_f"], 1)
-    r = download(s[..., None], B * col["d_dn"])
-    c = receive(c, dvia, r, local(col["dt_f"], B))
-
-    c = c + local(col["d_first_b"], B)
-    a = upload(c, B * col["d_dn"])
-    s = server(s, dvia, a, col["ds_b"], 1)
-    r = download(s[..., None], B * col["d_up"])
-    c = receive(c, dvia, r, local(col["dh_b"], B))
-
-    # G backward: tail -> server -> head.
-    c = c + local(col["g_first_b"], B)
-    a = upload(c, B * col["g_dn"])
-    s = server(s, gvia, a, col["gs_b"], 1)
-    r = download(s[..., None], B * col["g_up"])
-    c = receive(c, gvia, r, local(col["gh_b"], B))
+    # D backward of both passes (2B); G's pass through D and its backward; G backward.
+    c, s = round_trip(c, s, dvia, B2, 2, "d_first_b", "d_dn", "ds_b", "d_up", "dh_b")
+    c, s = round_trip(c, s, dvia, B, 1, "dh_f", "d_up", "ds_f", "d_dn", "dt_f")
+    c, s = round_trip(c, s, dvia, B, 1, "d_first_b", "d_dn", "ds_b", "d_up", "dh_b")
+    c, s = round_trip(c, s, gvia, B, 1, "g_first_b", "g_dn", "gs_b", "g_up", "gh_b")
 
     return np.max(np.where(mask, c, neg), axis=-1)
 

@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 
-from p2pgan.baselines import DEFAULT_USPLIT_CUT, SHAPES, run_shape
+from p2pgan.strategies.shapes import DEFAULT_USPLIT_CUT, SHAPES, run_shape
 from p2pgan.config import load_scenario
 from p2pgan.config.schema import STRATEGIES
-from p2pgan.engine.messages import SERVER_ID, MessageKind
-from p2pgan.engine.runner import prepare_run
+from p2pgan.ids import SERVER_ID
+from p2pgan.protocol.messages import MessageKind
+from p2pgan.run.prepare import prepare_run
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR
-from p2pgan.session import run_scenario
+from p2pgan.run.session import run_scenario
 from transports.memory import MemoryTransport
 
 

@@ -13,12 +13,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from p2pgan.engine.client import BatchSampler, ClientNode, LocalData
-from p2pgan.engine.messages import SERVER_ID
-from p2pgan.engine.plan import ClientPlan, RunPlan, Schedule
+from p2pgan.engine.client import BatchSampler, ClientNode
+
+from p2pgan.plan.nodedata import LocalData
+from p2pgan.ids import SERVER_ID
+from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.engine.server import ServerNode
-from p2pgan.engine.setup import NodeSetup, node_seed
-from p2pgan.events import EventBus
+from p2pgan.plan.setup import NodeSetup, node_seed
+from p2pgan.bus import EventBus
 from p2pgan.federation.fedavg import SizeWeightedFedAvg
 from p2pgan.model.blocks import ModelSpec, build_initial_blocks
 from p2pgan.model.costs import profile_model

@@ -12,8 +12,8 @@ import json
 import pytest
 
 from p2pgan.config import load_scenario
-from p2pgan.evaluation import clustering_ari, format_final_table, speaking_clusters
-from p2pgan.session import run_scenario
+from p2pgan.run.evaluation import clustering_ari, format_final_table, speaking_clusters
+from p2pgan.run.session import run_scenario
 
 METRICS = ["metrics.enabled=true", "metrics.score_samples=200", "metrics.utility_samples=300",
            "metrics.utility_epochs=1", "metrics.classifier_epochs=1"]

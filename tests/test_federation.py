@@ -14,12 +14,14 @@ import pytest
 import torch
 
 from p2pgan.config import load_scenario
-from p2pgan.engine.messages import MessageKind
-from p2pgan.federation import ClientUpdate, FederationInput, create_strategy
+from p2pgan.protocol.messages import MessageKind
+from p2pgan.protocol.federation import ClientUpdate, FederationInput
+from p2pgan.federation import create_strategy
 from p2pgan.federation.huscf import correlation_feature, covariance_feature
+from p2pgan.model.blocks import NETWORKS
 from p2pgan.federation.kld import client_weights
 from p2pgan.metrics import adjusted_rand
-from p2pgan.session import run_scenario
+from p2pgan.run.session import run_scenario
 from transports.memory import MemoryTransport
 
 ALL_BLOCKS = ("g0", "g1", "g2", "g3", "g4", "d0", "d1", "d2", "d3", "d4")
@@ -43,7 +45,8 @@ def _inputs(cuts, sizes, features, round_=1, server_base=100.0, num_domains=2) -
         for i, (cid, cut) in enumerate(cuts.items())
     }
     server = {b: _state(server_base + ALL_BLOCKS.index(b)) for b in ("g1", "g2", "g3", "d1", "d2", "d3")}
-    return FederationInput(round_, updates, server, features, num_domains)
+    order = tuple(name for net in NETWORKS for name in net.block_names)
+    return FederationInput(round_, updates, server, features, num_domains, order)
 
 
 def _same_features(ids, seed=0):

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 import torch
 
-from p2pgan.engine.messages import Message, MessageKind, Phase
+from p2pgan.protocol.messages import Message, MessageKind, Phase
 from p2pgan.errors import PeerError
 from transports import wire
-from transports.base import create_transport
+from transports.catalogue import create_transport
 from transports.http import MESSAGE_PATH, HttpTransport
 from transports.wire import encode, sign_headers
 

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from p2pgan.config import load_scenario
 from p2pgan.errors import ConfigError
-from p2pgan.multiprocess import load_peer_table, run_processes
-from p2pgan.session import run_scenario
+from p2pgan.run.processes import load_peer_table, run_processes
+from p2pgan.run.session import run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ROOT / "scenarios" / "quick.yaml"

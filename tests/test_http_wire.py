@@ -8,7 +8,7 @@ import struct
 import pytest
 import torch
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase
 from transports import wire
 from transports.wire import ReplayGuard, WireError, check_protocol, decode, encode, sign_headers, verify_headers
 

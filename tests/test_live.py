@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from p2pgan.engine.client import ClientLosses
-from p2pgan.engine.server import AggregationDone
-from p2pgan.events import ComputeEvent, LogEvent, NodeInfo, NodeStateEvent, RunFinished, RunStarted, TransferEvent
-from p2pgan.federation.base import FederationResult
-from p2pgan.live import (
+from p2pgan.protocol.events import ClientLosses
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.events import (
+    ComputeEvent,
+    LogEvent,
+    NodeInfo,
+    NodeStateEvent,
+    RunFinished,
+    RunStarted,
+    TransferEvent,
+)
+from p2pgan.protocol.federation import FederationResult
+from p2pgan.ui.live import (
     D_WIN_LOSS,
     D_WIN_STEPS,
     FAKE_STD_MIN,
@@ -25,7 +33,7 @@ from p2pgan.live import (
     LiveView,
     render,
 )
-from p2pgan.live.rendering import sparkline
+from p2pgan.ui.live.rendering import sparkline
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "scenarios" / "quick.yaml"
@@ -239,7 +247,7 @@ def test_command_picks_live_view():
 
 def _run(tmp: Path, observer_factory) -> tuple[Path, object]:
     from p2pgan.config import load_scenario
-    from p2pgan.session import run_scenario
+    from p2pgan.run.session import run_scenario
 
     scenario = load_scenario(QUICK, ["training.rounds=1", "training.max_batches_per_epoch=2", f"output.dir={tmp}"])
     observer = observer_factory(tmp)
@@ -265,7 +273,7 @@ def _split_safetensors(path: Path) -> tuple[dict, bytes]:
 
 
 def test_live_and_plain_runs_give_identical_results(tmp_path):
-    from p2pgan.progress import PlainProgress
+    from p2pgan.ui.progress import PlainProgress
 
     def live(folder: Path) -> LiveView:
         handle = (tmp_path / "live-console.txt").open("w")

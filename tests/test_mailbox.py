@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from p2pgan.engine.messages import Message, MessageKind, Phase
+from p2pgan.protocol.messages import Message, MessageKind, Phase
 from p2pgan.errors import PeerError
-from transports.base import Mailbox
+from p2pgan.protocol.endpoint import Mailbox
 
 
 def msg(step: int = 0) -> Message:

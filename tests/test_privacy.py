@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from p2pgan.config import load_scenario
-from p2pgan.engine.messages import SERVER_ID, Message, MessageKind
-from p2pgan.engine.plan import ClientPlan, RunPlan, Schedule
-from p2pgan.engine.runner import prepare_run
+from p2pgan.ids import SERVER_ID
+from p2pgan.protocol.messages import Message, MessageKind
+from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
+from p2pgan.run.prepare import prepare_run
 from p2pgan.model.segments import all_cut_options
-from p2pgan.session import run_scenario
+from p2pgan.run.session import run_scenario
 from transports.memory import MemoryTransport
 
 IMAGE_NUMEL = 28 * 28

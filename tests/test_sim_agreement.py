@@ -14,7 +14,7 @@ from p2pgan.model.segments import all_cut_options, split_client
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import simulate
 from p2pgan.sim.pricing import client_ids_for, policy_splits
-from p2pgan.sim.topology import load_topology, topology_from_mapping
+from p2pgan.topology.profiles import load_topology, topology_from_mapping
 from p2pgan.sim.trace import trace_from_plan
 
 REL = 1e-9

@@ -113,11 +113,11 @@ def test_parsers():
 def test_scenario_cuts_search_goes_through_the_engines_resolver(tmp_path, repo_root):
     """``cuts: {search: exact}`` in a scenario gives the run loop the exact plan."""
     from p2pgan.config import load_scenario
-    from p2pgan.engine.cuts import resolve_cuts
+    from p2pgan.plan.cuts import resolve_cuts
     from p2pgan.model.costs import profile_model
     from p2pgan.sim.pricing import client_ids_for
     from p2pgan.sim.search import search_cuts
-    from p2pgan.sim.topology import load_topology
+    from p2pgan.topology.profiles import load_topology
 
     loaded = load_scenario(scenario(tmp_path, repo_root, clients=(5, 5)))
     costs = profile_model(loaded.model.to_spec(), batch=2)

@@ -14,7 +14,7 @@ from p2pgan.model.segments import ClientCut
 from p2pgan.sim.analytic import analytic_iteration_seconds, iteration_seconds
 from p2pgan.sim.pricing import client_ids_for, cuts_to_splits
 from p2pgan.sim.search import GAParams, SearchProblem, brute_force, exact_search, run_search, search_cuts
-from p2pgan.sim.topology import load_topology, topology_from_mapping
+from p2pgan.topology.profiles import load_topology, topology_from_mapping
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from p2pgan.errors import ConfigError
-from p2pgan.sim.topology import SERVER_PROFILE, load_topology, topology_from_mapping
-from p2pgan.sim.units import parse_quantity
+from p2pgan.topology.profiles import SERVER_PROFILE, load_topology, topology_from_mapping
+from p2pgan.topology.units import parse_quantity
 
 SHIPPED = ("paper-edge", "paper-edge-nic", "edge-cloud")
 

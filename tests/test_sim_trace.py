@@ -8,12 +8,16 @@ import random
 import pytest
 import torch
 
-from p2pgan.engine.client import ClientNode, LocalData
-from p2pgan.engine.messages import SERVER_ID, MessageKey, MessageKind, Phase
-from p2pgan.engine.plan import ClientPlan, RunPlan, Schedule
+from p2pgan.engine.client import ClientNode
+
+from p2pgan.plan.nodedata import LocalData
+from p2pgan.ids import SERVER_ID
+from p2pgan.protocol.messages import MessageKey, MessageKind, Phase
+from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.engine.server import ServerNode
-from p2pgan.engine.setup import NodeSetup
-from p2pgan.events import ComputeEvent, EventBus, NodeStateEvent, TransferEvent
+from p2pgan.plan.setup import NodeSetup
+from p2pgan.protocol.events import ComputeEvent, NodeStateEvent, TransferEvent
+from p2pgan.bus import EventBus
 from p2pgan.federation.fedavg import SizeWeightedFedAvg
 from p2pgan.model.blocks import ModelSpec
 from p2pgan.model.costs import profile_model

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from p2pgan.model.costs import profile_model
     from p2pgan.sim.pricing import client_ids_for, cuts_to_splits, price_plan
     from p2pgan.sim.search import GAParams, run_search
-    from p2pgan.sim.topology import load_topology
+    from p2pgan.topology.profiles import load_topology
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=80)

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 from rich.console import Console  # noqa: E402
 
 from p2pgan.config import load_scenario  # noqa: E402
-from p2pgan.live import DashboardState, LiveView, render  # noqa: E402
-from p2pgan.progress import PlainProgress  # noqa: E402
-from p2pgan.session import run_scenario  # noqa: E402
+from p2pgan.ui.live import DashboardState, LiveView, render  # noqa: E402
+from p2pgan.ui.progress import PlainProgress  # noqa: E402
+from p2pgan.run.session import run_scenario  # noqa: E402
 
 
 def null_terminal(width: int, height: int) -> Console:

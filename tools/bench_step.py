@@ -30,7 +30,7 @@ def peak_rss_mb() -> float:
 
 
 def local_data(n: int, seed: int):
-    from p2pgan.engine.client import LocalData
+    from p2pgan.plan.nodedata import LocalData
 
     gen = torch.Generator().manual_seed(seed)
     return LocalData(torch.rand(n, 1, 28, 28, generator=gen) * 2 - 1, torch.randint(0, 10, (n,), generator=gen))
@@ -38,11 +38,11 @@ def local_data(n: int, seed: int):
 
 def split_worker(clients: int, width: float, batch: int, reps: int, warmup: int) -> dict:
     from p2pgan.engine.client import ClientNode
-    from p2pgan.engine.messages import SERVER_ID
-    from p2pgan.engine.plan import ClientPlan, RunPlan, Schedule
+    from p2pgan.ids import SERVER_ID
+    from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
     from p2pgan.engine.server import ServerNode
-    from p2pgan.engine.setup import NodeSetup
-    from p2pgan.events import EventBus
+    from p2pgan.plan.setup import NodeSetup
+    from p2pgan.bus import EventBus
     from p2pgan.federation.fedavg import SizeWeightedFedAvg
     from p2pgan.model.blocks import ModelSpec
     from p2pgan.model.costs import profile_model

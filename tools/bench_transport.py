@@ -33,7 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from p2pgan.config import load_scenario  # noqa: E402
-from p2pgan.engine.messages import Message, MessageKind, Phase  # noqa: E402
+from p2pgan.protocol.messages import Message, MessageKind, Phase  # noqa: E402
 
 
 # -- whole-scenario timings ----------------------------------------------------------------------
@@ -56,8 +56,8 @@ def weights_of(results: Path) -> dict[str, torch.Tensor]:
 
 
 def run_mode(mode: str, scenario_file: Path, overrides: list[str], folder: Path) -> dict:
-    from p2pgan.multiprocess import run_processes
-    from p2pgan.session import run_scenario
+    from p2pgan.run.processes import run_processes
+    from p2pgan.run.session import run_scenario
 
     kind = "memory" if mode == "memory" else "http"
     extra = [f"transport.kind={kind}", f"output.dir={folder}", "metrics.enabled=false"]
@@ -128,7 +128,7 @@ def make_message(step: int, shape: tuple[int, ...]) -> Message:
 
 
 async def _throughput_local(kind: str, shape: tuple[int, ...], count: int) -> float:
-    from transports.base import create_transport
+    from transports.catalogue import create_transport
 
     options = {} if kind == "memory" else {"host": "127.0.0.1", "port": 0, "retries": 3, "max_message_mb": 1024}
     transport = create_transport(kind, receive_timeout_s=60, **options)

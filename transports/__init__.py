@@ -1,5 +1,2 @@
-"""Pluggable transports. Each registers itself by name; ``create_transport`` builds one."""
-
-from transports.base import Endpoint, Mailbox, Transport, TransportTap, create_transport, register_transport
-
-__all__ = ["Endpoint", "Mailbox", "Transport", "TransportTap", "create_transport", "register_transport"]
+"""Pluggable transports behind one interface (:mod:`p2pgan.protocol.endpoint`); the catalogue
+(:mod:`transports.catalogue`) names them. Importing this package imports no transport."""

@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from p2pgan.engine.messages import Message, MessageKey
+from p2pgan.protocol.messages import Message, MessageKey
 from p2pgan.errors import PeerError
-from transports.base import Transport, register_transport
+from p2pgan.protocol.endpoint import Transport
 from transports.wire import (
     HEADER_FROM,
     ReplayGuard,
@@ -86,7 +86,6 @@ def parse_url(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
-@register_transport("http")
 class HttpTransport(Transport):
     """Messages over signed HTTP requests between aiohttp servers.
 
@@ -103,6 +102,8 @@ class HttpTransport(Transport):
     ``receive_timeout_s``, else 60 s). ``replay_window_s``: accepted clock skew and nonce memory.
     ``check_messages``: apply the split-GAN protocol checks to received messages.
     """
+
+    name = "http"
 
     def __init__(self, receive_timeout_s: float | None = None, host: str = "127.0.0.1", port: int = 0,
                  retries: int = 3, max_message_mb: float = 256.0, *, secret: bytes | None = None,

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
-from p2pgan.engine.messages import Message
+from p2pgan.protocol.messages import Message
 from p2pgan.errors import PeerError
-from transports.base import Transport, register_transport
+from p2pgan.protocol.endpoint import Transport
 
 
-@register_transport("memory")
 class MemoryTransport(Transport):
     """Delivers into the destination's mailbox in the same event loop.
 
     The receiver gets detached copies, exactly what it would get from a real wire, so code
     that works here cannot silently rely on shared autograd graphs or shared storage.
     """
+
+    name = "memory"
 
     def __init__(self, receive_timeout_s: float | None = None) -> None:
         super().__init__()

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 
 import torch
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKey, MessageKind, Phase
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKey, MessageKind, Phase
+
+from p2pgan.ids import SERVER_ID
 
 WIRE_VERSION = 1
 MAGIC = b"P2PGAN" + bytes([WIRE_VERSION, 0])

@@ -79,8 +79,8 @@ def run_comparison(file: Path, strategies: list[str], overrides: list[str], out:
                    quiet: bool = False, stream=None) -> list[dict[str, Any]]:
     """Run ``file`` once per strategy; return one record per strategy (summary + final metrics)."""
     from p2pgan.config import load_scenario
-    from p2pgan.progress import PlainProgress
-    from p2pgan.session import run_scenario
+    from p2pgan.ui.progress import PlainProgress
+    from p2pgan.run.session import run_scenario
 
     results = []
     for name in strategies:

@@ -40,7 +40,7 @@ def load_setting(file: Path, overrides: list[str], topology_path: Path | None,
     from p2pgan.sim.pricing import client_ids_for
     from p2pgan.sim.search import GAParams
     from p2pgan.sim.study import Setting
-    from p2pgan.sim.topology import default_topology_path, load_topology
+    from p2pgan.topology.profiles import default_topology_path, load_topology
 
     scenario = load_scenario(file, overrides)
     topology = load_topology(topology_path or scenario.topology or default_topology_path())
@@ -57,7 +57,7 @@ def load_setting(file: Path, overrides: list[str], topology_path: Path | None,
 
 def scenario_plan_spec(scenario, setting, method: str | None):
     """The plan spec the scenario asks for (``--method`` wins)."""
-    from p2pgan.engine.cuts import resolve_cuts
+    from p2pgan.plan.cuts import resolve_cuts
 
     if method is not None:
         return method

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from p2pgan import multiprocess
+    from p2pgan.run import processes as multiprocess
 
     if args.control == "stdio":
         _exit_now(multiprocess.serve_controlled(args.node))
@@ -77,7 +77,7 @@ def _listen(value: str | None) -> tuple[str, int] | None:
 
 
 def secret_command(args: argparse.Namespace) -> int:
-    from p2pgan.multiprocess import write_secret
+    from p2pgan.run.processes import write_secret
 
     write_secret(args.file)
     print(f"{args.file}: new run secret (mode 0600); copy it to every host of the run, never commit it")

@@ -54,8 +54,8 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from p2pgan.progress import PlainProgress
-    from p2pgan.session import run_scenario
+    from p2pgan.ui.progress import PlainProgress
+    from p2pgan.run.session import run_scenario
 
     scenario = load_scenario(args.file, scenario_overrides(args))
     if args.threads is not None:
@@ -63,7 +63,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     if scenario.transport.processes:
-        from p2pgan.multiprocess import run_processes  # provided by the HTTP transport work
+        from p2pgan.run.processes import run_processes  # provided by the HTTP transport work
 
         outcome = run_processes(scenario)
     else:
@@ -80,9 +80,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _live_view(scenario):
     try:
-        from p2pgan.live import LiveView
+        from p2pgan.ui.live import LiveView
     except ImportError:
-        from p2pgan.progress import PlainProgress
+        from p2pgan.ui.progress import PlainProgress
 
         return PlainProgress()
     return LiveView(scenario)

@@ -83,7 +83,7 @@ def _numeric(values: list[Any]) -> list[float] | None:
 
 
 def _as_number(value: Any) -> float:
-    from p2pgan.sim.units import parse_quantity
+    from p2pgan.topology.units import parse_quantity
 
     for dimension in ("count", "frequency", "bitrate", "time"):
         try:

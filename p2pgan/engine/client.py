@@ -7,26 +7,20 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKind, Phase
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase
+
+from p2pgan.ids import SERVER_ID
 from p2pgan.engine.loops import run_client
-from p2pgan.engine.plan import ClientPlan, Schedule
+from p2pgan.plan.run import ClientPlan, Schedule
 from p2pgan.engine.port import NodePort
-from p2pgan.engine.setup import NodeSetup, flatten_blocks, float_state, node_seed, unflatten_blocks
-from p2pgan.events import EventBus
+from p2pgan.plan.setup import NodeSetup, node_seed
+from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
+from p2pgan.bus import EventBus
+from p2pgan.plan.nodedata import LocalData
+from p2pgan.protocol.events import ClientLosses
 from p2pgan.model.blocks import build_initial_blocks
 from p2pgan.model.segments import NetworkSplit, Segment
-from transports.base import Endpoint
-
-
-@dataclass(frozen=True)
-class LocalData:
-    """A client's private examples: images in [-1, 1], [N, C, H, W], and int64 labels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
+from p2pgan.protocol.endpoint import Endpoint
 
 
 class BatchSampler:
@@ -43,19 +37,6 @@ class BatchSampler:
             self._order = torch.cat([self._order, torch.randperm(self._size, generator=self._gen)])
         batch, self._order = self._order[: self._batch], self._order[self._batch:]
         return batch
-
-
-@dataclass(frozen=True)
-class ClientLosses:
-    """Published after every iteration on the client's own bus."""
-
-    node: str
-    round: int
-    step: int
-    d_real: float
-    d_fake: float
-    d_loss: float
-    g_loss: float
 
 
 @dataclass

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from p2pgan.engine.plan import Schedule
-from p2pgan.events import EventBus, NodeStateEvent
+from p2pgan.plan.run import Schedule
+from p2pgan.bus import EventBus
+from p2pgan.protocol.events import NodeStateEvent
 
 
 class ClientRole(Protocol):

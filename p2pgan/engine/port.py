@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from p2pgan.engine.messages import Message, MessageKey, MessageKind, Phase
-from p2pgan.events import ComputeEvent, EventBus, NodeStateEvent, TransferEvent
+from p2pgan.protocol.messages import Message, MessageKey, MessageKind, Phase
+from p2pgan.protocol.events import ComputeEvent, NodeStateEvent, TransferEvent
+from p2pgan.bus import EventBus
 from p2pgan.model.costs import ModelCosts
-from transports.base import Endpoint
+from p2pgan.protocol.endpoint import Endpoint
 
 
 class NodePort:

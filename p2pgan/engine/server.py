@@ -6,15 +6,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, MessageKind, Phase
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
+
+from p2pgan.ids import SERVER_ID
 from p2pgan.engine.loops import run_server
-from p2pgan.engine.plan import ClientPlan, RunPlan, feature_block
+from p2pgan.plan.run import ClientPlan, RunPlan, feature_block
 from p2pgan.engine.port import NodePort
-from p2pgan.engine.setup import NodeSetup, flatten_blocks, float_state, unflatten_blocks
-from p2pgan.events import EventBus
-from p2pgan.federation.base import ClientUpdate, FederationInput, FederationResult, FederationStrategy
-from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, NetworkDef, build_initial_blocks
-from transports.base import Endpoint
+from p2pgan.plan.setup import NodeSetup
+from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
+from p2pgan.bus import EventBus
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.federation import ClientUpdate, FederationInput, FederationResult
+from p2pgan.federation.base import FederationStrategy
+from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, NETWORKS, NetworkDef, build_initial_blocks
+from p2pgan.protocol.endpoint import Endpoint
 
 
 @dataclass
@@ -24,15 +29,6 @@ class _PhaseGraph:
     leaves: dict[str, torch.Tensor] = field(default_factory=dict)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     samples_per_block: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class AggregationDone:
-    """Published by the server after each round's federation."""
-
-    round: int
-    result: FederationResult
-    losses: dict[str, dict[str, float]]
 
 
 class ServerNode:
@@ -92,6 +88,7 @@ class ServerNode:
             server_blocks={name: float_state(block) for name, block in self.blocks.items()},
             features=dict(self._features),
             num_domains=self._num_domains,
+            block_order=tuple(name for net in NETWORKS for name in net.block_names),
         )
         self._port.state("computing")
         result = self._strategy.aggregate(inputs)

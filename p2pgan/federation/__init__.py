@@ -1,14 +1,8 @@
 """Round-end federation strategies (one class per aggregation policy)."""
 
-from p2pgan.federation.base import (
-    BlockState,
-    ClientUpdate,
-    FederationInput,
-    FederationResult,
-    FederationStrategy,
-    create_strategy,
-    register_strategy,
-)
+from p2pgan.protocol.federation import BlockState, ClientUpdate, FederationInput, FederationResult
+
+from p2pgan.federation.base import FederationStrategy, create_strategy, register_strategy
 from p2pgan.federation.fedavg import SizeWeightedFedAvg
 from p2pgan.federation.huscf import HuSCF, HuSCFNoCluster, HuSCFNoKLD, PassThrough, correlation_feature, covariance_feature
 

@@ -24,7 +24,6 @@ order, so ``client2`` < ``client10``), making results deterministic and comparab
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Hashable, Mapping
 from typing import Literal
@@ -32,10 +31,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-
-def natural_key(client_id: str) -> tuple:
-    """Sort key treating digit runs as numbers: ``c2`` < ``c10``."""
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", str(client_id)) if t)
+from p2pgan.ids import natural_key
 
 
 def client_feature(activation: torch.Tensor) -> np.ndarray:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from p2pgan.protocol.federation import FederationInput, FederationResult
+
 from p2pgan.federation.base import (
-    FederationInput,
-    FederationResult,
+
     FederationStrategy,
+
     average_cluster,
+
     distribute,
+
     register_strategy,
+
     size_weights,
+
 )
 
 

@@ -58,14 +58,20 @@ from typing import Any, Literal
 
 import torch
 
+from p2pgan.protocol.federation import FederationInput, FederationResult
+
 from p2pgan.federation.base import (
-    FederationInput,
-    FederationResult,
+
     FederationStrategy,
+
     average_cluster,
+
     distribute,
+
     register_strategy,
+
     size_weights,
+
 )
 from p2pgan.federation.clustering import cluster_clients, natural_key
 from p2pgan.federation.kld import client_weights

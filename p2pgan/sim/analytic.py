@@ -32,7 +32,7 @@ import numpy as np
 
 from p2pgan.model.costs import ModelCosts
 from p2pgan.model.segments import ClientSplit, NetworkSplit
-from p2pgan.sim.topology import Topology
+from p2pgan.topology.profiles import Topology
 
 _COLUMNS = ("g_via", "d_via", "gh_f", "gt_f", "g_first_b", "gh_b", "dh_f", "dt_f", "d_first_b", "dh_b",
             "g_up", "g_dn", "d_up", "d_dn", "gs_f", "gs_b", "ds_f", "ds_b", "params")

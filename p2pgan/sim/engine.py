@@ -21,9 +21,11 @@ from typing import Any
 
 import simpy
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP
+
+from p2pgan.ids import SERVER_ID
 from p2pgan.errors import P2PGanError
-from p2pgan.sim.topology import Hop, Topology
+from p2pgan.topology.profiles import Hop, Topology
 from p2pgan.sim.trace import Operation
 
 

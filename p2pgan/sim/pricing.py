@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from p2pgan.engine.messages import SERVER_ID
+from p2pgan.ids import SERVER_ID
 from p2pgan.errors import P2PGanError
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR
 from p2pgan.model.costs import ModelCosts
 from p2pgan.model.segments import ClientCut, ClientSplit, legal_cut_values, split_client
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
-from p2pgan.sim.topology import Topology
+from p2pgan.topology.profiles import Topology
 from p2pgan.sim.trace import trace_from_plan
 
 REFERENCE_POLICIES = ("all-offload", "all-local", "full-model")

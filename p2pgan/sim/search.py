@@ -42,7 +42,7 @@ from p2pgan.errors import P2PGanError
 from p2pgan.model.costs import ModelCosts
 from p2pgan.model.segments import ClientCut, all_cut_options, split_client
 from p2pgan.sim.analytic import GroupArrays, OptionTable, iteration_seconds
-from p2pgan.sim.topology import Topology
+from p2pgan.topology.profiles import Topology
 
 METHODS = ("exact", "ga")
 

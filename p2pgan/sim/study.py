@@ -21,7 +21,7 @@ from p2pgan.model.segments import ClientCut, ClientSplit, all_cut_options, split
 from p2pgan.sim.pricing import (REFERENCE_POLICIES, PlanPrice, client_ids_for, cuts_to_splits, policy_splits,
                                 price_plan)
 from p2pgan.sim.search import GAParams, SearchResult, run_search
-from p2pgan.sim.topology import Topology
+from p2pgan.topology.profiles import Topology
 
 PlanSpec = Union[str, Mapping[str, ClientCut]]
 

@@ -23,12 +23,14 @@ whose coroutines interleaved differently give equal lists (and equal simulated t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, MessageKey, MessageKind, Phase
-from p2pgan.events import ComputeEvent, TransferEvent
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKey, MessageKind, Phase
+
+from p2pgan.ids import SERVER_ID
+from p2pgan.protocol.events import ComputeEvent, TransferEvent
+from p2pgan.ids import natural_key
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR
 from p2pgan.model.costs import ModelCosts
 from p2pgan.model.segments import ClientSplit, NetworkSplit
@@ -89,10 +91,6 @@ class _Record:
     msg_kind: str = ""
     msg_id: str = ""
     dep_keys: list[object] = field(default_factory=list)
-
-
-def _natural(text: str) -> tuple:
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 class OperationTracer:
@@ -166,7 +164,7 @@ class OperationTracer:
     def _sort_key(r: _Record) -> tuple:
         step = r.step if r.step != ROUND_LEVEL_STEP else float("inf")
         # Per-node sequence order is kept (it is program order); nodes in natural id order.
-        return (r.round, step, r.node == SERVER_ID, _natural(r.node), r.seq)
+        return (r.round, step, r.node == SERVER_ID, natural_key(r.node), r.seq)
 
 
 # -- synthetic traces ---------------------------------------------------------------------------
@@ -223,7 +221,7 @@ def trace_from_plan(splits: Mapping[str, ClientSplit], costs: ModelCosts, batch_
     """
     tracer = OperationTracer()
     emit = _Emitter(tracer, costs)
-    clients = sorted(splits, key=_natural)
+    clients = sorted(splits, key=natural_key)
     for rnd in range(first_round, first_round + rounds):
         for step in range(iterations):
             _Iteration(emit, clients, splits, costs, batch_sizes, rnd, step).run()

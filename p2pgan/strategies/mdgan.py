@@ -29,14 +29,18 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from p2pgan.engine.client import BatchSampler, ClientLosses
+from p2pgan.engine.client import BatchSampler
+
+from p2pgan.protocol.events import ClientLosses
 from p2pgan.engine.loops import run_client, run_server
-from p2pgan.engine.messages import ROUND_LEVEL_STEP, SERVER_ID, Message, MessageKind, Phase
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase
+from p2pgan.ids import SERVER_ID
 from p2pgan.engine.port import NodePort
-from p2pgan.engine.server import AggregationDone
-from p2pgan.engine.setup import flatten_blocks, float_state, node_seed, unflatten_blocks
-from p2pgan.events import EventBus
-from p2pgan.federation.base import FederationResult
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
+from p2pgan.plan.setup import node_seed
+from p2pgan.bus import EventBus
+from p2pgan.protocol.federation import FederationResult
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, build_initial_blocks
 from p2pgan.model.segments import Segment
 

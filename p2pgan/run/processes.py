@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from p2pgan.config.schema import Scenario
-from p2pgan.engine.messages import SERVER_ID
+from p2pgan.ids import SERVER_ID
 from p2pgan.errors import ConfigError, P2PGanError, PeerError
 
 STARTUP_TIMEOUT_S = 180.0
@@ -84,7 +84,7 @@ class _Failure:
 
 def scenario_snapshot(scenario: Scenario) -> tuple[dict[str, Any], str]:
     """The validated scenario as plain JSON, and its source path (rebuilt by :func:`load_snapshot`)."""
-    from p2pgan.results import jsonable
+    from p2pgan.run.results import jsonable
 
     raw = jsonable(scenario)
     source = raw.pop("source", None)
@@ -125,7 +125,7 @@ class Coordinator:
     # -- main flow ----------------------------------------------------------------------------
 
     async def run(self):
-        from p2pgan.session import RunOutcome
+        from p2pgan.run.session import RunOutcome
 
         self._changed = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -408,7 +408,7 @@ class Coordinator:
 def run_processes(scenario: Scenario, *, out: TextIO | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
                   grace_s: float = GRACE_S, prepared=None):
     """Run ``scenario`` with every node in its own process over HTTP on this host -> RunOutcome."""
-    from p2pgan.engine.runner import prepare_run
+    from p2pgan.run.prepare import prepare_run
 
     if scenario.transport.kind != "http":
         raise ConfigError(str(scenario.source), "transport.processes", "needs transport.kind: http")
@@ -503,8 +503,8 @@ class ControlChannel:
 
     def forward(self, event: object) -> None:
         """Event-bus observer: client losses and round ends go to the coordinator."""
-        from p2pgan.engine.client import ClientLosses
-        from p2pgan.engine.server import AggregationDone
+        from p2pgan.protocol.events import ClientLosses
+        from p2pgan.protocol.events import AggregationDone
 
         if isinstance(event, ClientLosses):
             self.send({"event": "losses", "record": dataclasses.asdict(event)})
@@ -576,9 +576,10 @@ def _run_node(scenario: Scenario, node_id: str, secret: bytes, peers: Mapping[st
 
     ``on_transport`` gets the node's :class:`HttpTransport` before it opens (for aborts and pings).
     """
-    from p2pgan.engine.runner import prepare_run, run_nodes
-    from p2pgan.events import EventBus
-    from p2pgan.session import run_scenario
+    from p2pgan.run.prepare import prepare_run
+    from p2pgan.run.nodes import run_nodes
+    from p2pgan.bus import EventBus
+    from p2pgan.run.session import run_scenario
     from transports.http import HttpTransport
 
     prepared = prepared or prepare_run(scenario, costs)
@@ -622,7 +623,7 @@ class _StepsWriter:
         self._handle = handle
 
     def __call__(self, event: object) -> None:
-        from p2pgan.engine.client import ClientLosses
+        from p2pgan.protocol.events import ClientLosses
 
         if isinstance(event, ClientLosses):
             self._handle.write(json.dumps(dataclasses.asdict(event)) + "\n")
@@ -710,8 +711,8 @@ def write_secret(path: Path) -> None:
 def serve_standalone(scenario: Scenario, node_id: str, peers_file: Path, listen: tuple[str, int] | None,
                      secret_file: Path | None, wait_s: float, out: TextIO | None = None) -> int:
     """``p2pgan node serve --scenario FILE --node ID --peers FILE``: one node of a multi-host run."""
-    from p2pgan.engine.runner import prepare_run
-    from p2pgan.progress import PlainProgress
+    from p2pgan.run.prepare import prepare_run
+    from p2pgan.ui.progress import PlainProgress
     from transports.http import parse_url
 
     out = out or sys.stdout
@@ -760,7 +761,7 @@ class _ClientProgress:
         self._started = time.perf_counter()
 
     def __call__(self, event: object) -> None:
-        from p2pgan.engine.client import ClientLosses
+        from p2pgan.protocol.events import ClientLosses
 
         if isinstance(event, ClientLosses) and event.step == 0:
             print(f"node {self._node}: round {event.round} started ({time.perf_counter() - self._started:.1f}s) "

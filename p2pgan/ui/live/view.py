@@ -12,9 +12,9 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from p2pgan.events import RunFinished, RunStarted
-from p2pgan.live.rendering import render
-from p2pgan.live.state import DashboardState, Snapshot
+from p2pgan.protocol.events import RunFinished, RunStarted
+from p2pgan.ui.live.rendering import render
+from p2pgan.ui.live.state import DashboardState, Snapshot
 
 REFRESH_PER_SECOND = 4.0
 

@@ -20,12 +20,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from p2pgan.engine.messages import SERVER_ID
-from p2pgan.engine.server import AggregationDone
-from p2pgan.events import ComputeEvent, EventBus, SimulatedTime
+from p2pgan.ids import SERVER_ID
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.events import ComputeEvent, SimulatedTime
+from p2pgan.bus import EventBus
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
-from p2pgan.sim.topology import Topology, default_topology_path, load_topology
+from p2pgan.topology.profiles import Topology, default_topology_path, load_topology
 from p2pgan.sim.trace import OperationTracer, trace_from_plan
 
 

@@ -40,7 +40,7 @@ from p2pgan.model.segments import ClientCut
 
 if TYPE_CHECKING:  # pragma: no cover
     from p2pgan.config.schema import Scenario
-    from p2pgan.engine.runner import PreparedRun
+    from p2pgan.plan.nodedata import PreparedRun
 
 DEFAULT_USPLIT_CUT = ClientCut(0, 0, 0, 0)
 """usplit-fedavg's cut when the scenario gives none for all: clients keep only the pinned blocks
@@ -115,9 +115,9 @@ def reshape_prepared(prepared: "PreparedRun") -> "PreparedRun":
 def _pooled(prepared: "PreparedRun") -> "PreparedRun":
     import torch
 
-    from p2pgan.engine.client import LocalData
-    from p2pgan.engine.plan import ClientPlan, RunPlan, Schedule
-    from p2pgan.engine.runner import ClientRecord, PreparedRun
+    from p2pgan.plan.nodedata import LocalData
+    from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
+    from p2pgan.plan.nodedata import ClientRecord, PreparedRun
 
     ids = prepared.plan.client_ids
     images = torch.cat([prepared.client_data[c].images for c in ids])
@@ -140,8 +140,8 @@ def create_baseline_node(prepared: "PreparedRun", node_id: str, endpoint, bus):
     shape = run_shape(prepared.scenario.strategy.name)
     if shape.nodes != "md-gan":
         return None
-    from p2pgan.baselines.mdgan import MDGanClient, MDGanServer
-    from p2pgan.engine.messages import SERVER_ID
+    from p2pgan.strategies.mdgan import MDGanClient, MDGanServer
+    from p2pgan.ids import SERVER_ID
 
     if node_id == SERVER_ID:
         return MDGanServer(prepared, endpoint, bus)

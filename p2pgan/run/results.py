@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from p2pgan.engine.client import ClientLosses
-from p2pgan.engine.runner import PreparedRun
-from p2pgan.engine.server import AggregationDone
-from p2pgan.events import LogEvent, RunFinished
+from p2pgan.protocol.events import ClientLosses
+from p2pgan.plan.nodedata import PreparedRun
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.events import LogEvent, RunFinished
 from p2pgan.model.assemble import AssembledGenerator
 
 

@@ -1,4 +1,4 @@
-"""Typed run events and the bus that fans them out to observers.
+"""Typed run events: what nodes and the run publish on the bus (:mod:`p2pgan.bus`).
 
 Nodes and the run loop publish events; observers (the operation tracer for the latency engine,
 the results writer, the live view, progress printing) subscribe. Publishing never blocks: an
@@ -7,9 +7,11 @@ observer must only record, never await or compute heavily.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from p2pgan.protocol.federation import FederationResult
 
 
 @dataclass(frozen=True)
@@ -116,24 +118,23 @@ class RunFinished:
     detail: str = ""
 
 
-class Observer(Protocol):
-    def __call__(self, event: object) -> None: ...
+@dataclass(frozen=True)
+class ClientLosses:
+    """Published after every iteration on the client's own bus."""
+
+    node: str
+    round: int
+    step: int
+    d_real: float
+    d_fake: float
+    d_loss: float
+    g_loss: float
 
 
-class EventBus:
-    """Synchronous fan-out to observers, in subscription order."""
+@dataclass(frozen=True)
+class AggregationDone:
+    """Published by the server after each round's federation."""
 
-    def __init__(self) -> None:
-        self._observers: list[Callable[[object], None]] = []
-
-    def subscribe(self, observer: Callable[[object], None], first: bool = False) -> None:
-        """Add ``observer``; ``first`` puts it ahead of the others (an observer that enriches an
-        event, such as per-round metrics, before the results writer and live views read it)."""
-        if first:
-            self._observers.insert(0, observer)
-        else:
-            self._observers.append(observer)
-
-    def publish(self, event: object) -> None:
-        for observer in list(self._observers):
-            observer(event)
+    round: int
+    result: "FederationResult"
+    losses: dict[str, dict[str, float]]

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from p2pgan.model.blocks import DISCRIMINATOR, NetworkDef
+from p2pgan.ids import natural_sorted
+from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef
 from p2pgan.model.segments import ClientCut, ClientSplit, split_client
 
 
@@ -60,8 +61,8 @@ class RunPlan:
 
     def __post_init__(self) -> None:
         ids = [c.client_id for c in self.clients]
-        if ids != sorted(ids) or len(set(ids)) != len(ids):
-            raise ValueError("client plans must be unique and sorted by id")
+        if ids != natural_sorted(ids) or len(set(ids)) != len(ids):
+            raise ValueError("client plans must be unique and in natural id order")
 
     @property
     def client_ids(self) -> tuple[str, ...]:
@@ -76,8 +77,6 @@ class RunPlan:
     def server_blocks(self) -> tuple[str, ...]:
         """Blocks the server must host: every block some client offloads, in network order."""
         used = {name for c in self.clients for name in c.split.server_blocks}
-        from p2pgan.model.blocks import NETWORKS
-
         return tuple(name for net in NETWORKS for name in net.block_names if name in used)
 
     def clients_through(self, network: NetworkDef) -> tuple[ClientPlan, ...]:

@@ -5,8 +5,8 @@
 * :class:`LiveView` -- the observer that owns a ``rich.live.Live`` refreshed at a bounded rate.
 """
 
-from p2pgan.live.rendering import render
-from p2pgan.live.state import (
+from p2pgan.ui.live.rendering import render
+from p2pgan.ui.live.state import (
     D_WIN_LOSS,
     D_WIN_STEPS,
     FAKE_STD_MIN,
@@ -16,7 +16,7 @@ from p2pgan.live.state import (
     SimulatedClockEvent,
     Snapshot,
 )
-from p2pgan.live.view import LiveView
+from p2pgan.ui.live.view import LiveView
 
 __all__ = [
     "D_WIN_LOSS", "D_WIN_STEPS", "FAKE_STD_MIN", "G_COLLAPSE_LOSS", "G_COLLAPSE_STEPS",

@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from p2pgan.live.state import HEALTH_D_WINS, HEALTH_G_COLLAPSE, HEALTH_OK, Snapshot
+from p2pgan.ui.live.state import HEALTH_D_WINS, HEALTH_G_COLLAPSE, HEALTH_OK, Snapshot
 
 MAX_NODE_ROWS = 12
 """Client rows shown at once when the terminal height is unknown; more clients are paged."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from p2pgan.engine.messages import Message, MessageKey
+from p2pgan.protocol.messages import Message, MessageKey
 from p2pgan.errors import PeerError
 
 TransportTap = Callable[[Message], None]
@@ -135,35 +135,3 @@ class Transport(ABC):
         """Abort every local waiter, e.g. when a node crashed."""
         for mailbox in self._mailboxes.values():
             mailbox.fail(error)
-
-
-_REGISTRY: dict[str, Callable[..., Transport]] = {}
-
-
-def register_transport(name: str) -> Callable[[type[Transport]], type[Transport]]:
-    def decorate(cls: type[Transport]) -> type[Transport]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def create_transport(name: str, **options: Any) -> Transport:
-    # Import built-ins lazily so that importing the interface starts nothing.
-    import transports.memory  # noqa: F401
-
-    if name not in _REGISTRY:
-        try:
-            __import__(f"transports.{name}")
-        except ImportError:
-            pass
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown transport {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name](**options)
-
-
-def available_transports() -> list[str]:
-    import transports.memory  # noqa: F401
-
-    return sorted(_REGISTRY)

@@ -6,8 +6,8 @@ import sys
 import time
 from typing import TextIO
 
-from p2pgan.engine.server import AggregationDone
-from p2pgan.events import LogEvent, RunFinished, RunStarted, SimulatedTime
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.events import LogEvent, RunFinished, RunStarted, SimulatedTime
 
 
 class PlainProgress:

@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from p2pgan.engine.client import ClientLosses
-from p2pgan.engine.server import AggregationDone
-from p2pgan.events import (
+from p2pgan.protocol.events import ClientLosses
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.events import (
     ComputeEvent,
     LogEvent,
     NodeInfo,

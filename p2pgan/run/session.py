@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pgan.config.schema import Scenario
-from p2pgan.engine.runner import PreparedRun, build_transport, prepare_run, run_nodes
+from p2pgan.plan.nodedata import PreparedRun
+from p2pgan.run.nodes import build_transport, run_nodes
+from p2pgan.run.prepare import prepare_run
 from p2pgan.errors import P2PGanError
-from p2pgan.events import EventBus, LogEvent, RunFinished, RunStarted
-from p2pgan.results import ResultsWriter
-from transports.base import Transport
+from p2pgan.bus import EventBus
+from p2pgan.protocol.events import LogEvent, RunFinished, RunStarted
+from p2pgan.run.results import ResultsWriter
+from p2pgan.protocol.endpoint import Transport
 
 Observer = Callable[[object], None]
 
@@ -27,7 +30,7 @@ class RunOutcome:
 
 
 def run_started_event(prepared: PreparedRun) -> RunStarted:
-    from p2pgan.sim.extension import scenario_profiles
+    from p2pgan.run.latency import scenario_profiles
 
     scenario = prepared.scenario
     schedule = prepared.plan.schedule
@@ -75,7 +78,7 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
 def _attach_extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter,
                        sees_all_nodes: bool) -> list[Callable[[str], dict[str, Any]]]:
     """Optional subsystems that observe a run and add to its summary (latency, metrics)."""
-    from p2pgan.evaluation import metrics_extension
-    from p2pgan.sim.extension import latency_extension
+    from p2pgan.run.evaluation import metrics_extension
+    from p2pgan.run.latency import latency_extension
 
     return [latency_extension(prepared, bus, writer, sees_all_nodes), metrics_extension(prepared, bus, writer)]

@@ -31,7 +31,7 @@ def resolve_cuts(scenario: Scenario, client_ids: Sequence[str], costs: ModelCost
 
 def _searched_cuts(scenario: Scenario, client_ids: Sequence[str], costs: ModelCosts) -> dict[str, ClientCut]:
     from p2pgan.sim.search import search_cuts
-    from p2pgan.sim.topology import load_topology
+    from p2pgan.topology.profiles import load_topology
 
     assert scenario.topology is not None and scenario.cuts.search is not None
     topology = load_topology(scenario.topology)

@@ -11,7 +11,6 @@ from enum import Enum
 
 import torch
 
-SERVER_ID = "server"
 ROUND_LEVEL_STEP = -1
 """``step`` of messages that belong to a whole round (federated aggregation), not an iteration."""
 

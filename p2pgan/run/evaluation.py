@@ -45,8 +45,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from p2pgan.engine.server import AggregationDone
-from p2pgan.events import EventBus, LogEvent
+from p2pgan.protocol.events import AggregationDone
+from p2pgan.bus import EventBus
+from p2pgan.protocol.events import LogEvent
 
 Finisher = Callable[[str], dict[str, Any]]
 

@@ -29,10 +29,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from p2pgan.engine.messages import SERVER_ID
+from p2pgan.ids import SERVER_ID
 from p2pgan.config.yamlfile import load_yaml_mapping
 from p2pgan.errors import ConfigError
-from p2pgan.sim.units import parse_quantity
+from p2pgan.topology.units import parse_quantity
 
 SERVER_PROFILE = "server"
 """The profile name :meth:`Topology.assign_profiles` gives the server node."""

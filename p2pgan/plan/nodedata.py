@@ -1,0 +1,63 @@
+"""A prepared run: the public plan plus each client's private examples, held apart by node."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from p2pgan.config.schema import Scenario
+from p2pgan.plan.setup import NodeSetup
+from p2pgan.ids import SERVER_ID
+from p2pgan.plan.run import RunPlan
+from p2pgan.protocol.events import NodeInfo
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """A client's private examples: images in [-1, 1], [N, C, H, W], and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """What the experimenter knows about a client (its domain is never given to the server)."""
+
+    client_id: str
+    domain: str
+    excluded_labels: tuple[int, ...]
+    size_ratio: float
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    scenario: Scenario
+    plan: RunPlan
+    setup: NodeSetup
+    records: tuple[ClientRecord, ...]
+    client_data: dict[str, LocalData]
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self.scenario.domains)
+
+    def domain_of(self, client_id: str) -> str:
+        for record in self.records:
+            if record.client_id == client_id:
+                return record.domain
+        raise KeyError(client_id)
+
+    def node_infos(self, profiles: Mapping[str, str] | None = None) -> tuple[NodeInfo, ...]:
+        """What the experimenter shows about each node; ``profiles`` are device profile names."""
+        profiles = profiles or {}
+        infos = [NodeInfo(SERVER_ID, "server", profile=profiles.get(SERVER_ID))]
+        for record, client in zip(self.records, self.plan.clients):
+            infos.append(NodeInfo(client.client_id, "client", record.domain, client.cut.as_tuple(),
+                                  profiles.get(client.client_id), client.num_examples))
+        return tuple(infos)

@@ -9,6 +9,10 @@ receiver's mailbox. A failed attempt (connection refused, timeout, 5xx) is retri
 at most ``retries`` times and never past the send deadline; message ids make a redelivery
 idempotent. A peer that stays unreachable fails the run with a :class:`PeerError` naming it.
 See :mod:`transports.wire` for the format and the signature.
+
+A node refuses a hostile request before reading its body (see :mod:`transports.middlewares`):
+no decompression ever, no chunked bodies, a declared length within the limit, a valid head
+signature; a slow header or body is timed out, and refusals are logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import secrets
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,20 +37,16 @@ from aiohttp import web
 from p2pgan.protocol.messages import Message, MessageKey
 from p2pgan.errors import PeerError
 from p2pgan.protocol.endpoint import Transport
-from transports.wire import (
-    HEADER_FROM,
-    ReplayGuard,
-    WireError,
-    check_protocol,
-    decode,
-    encode,
-    sign_headers,
-    verify_headers,
-)
+from transports.middlewares import BodyLimits, Refusal, RefusalLog, ServerLog, SignedBodyReader, node_middlewares
+from p2pgan.protocol.specs import MessageSpecs
+from transports.wire import HEADER_FROM, ReplayGuard, WireError, check_protocol, decode, encode, sign_headers
 
 MESSAGE_PATH = "/p2pgan/v1/message"
 PING_PATH = "/p2pgan/v1/ping"
 log = logging.getLogger("p2pgan.transport.http")
+MAX_HEADERS = 32
+"""Headers a request may carry (ours need about a dozen); bounds what a slow header can make us buffer."""
+MAX_HEADER_LINE = 4096
 
 Rendezvous = Callable[[dict[str, str]], Awaitable[Mapping[str, str]]]
 """Given the URLs of the nodes this process just bound, return the full peer table."""
@@ -65,8 +66,13 @@ class HttpStats:
     received: int = 0
     received_bytes: int = 0
     duplicates: int = 0
-    refused: list[tuple[str, int, str]] = field(default_factory=list)
-    """(node, status, reason) of every refused request."""
+    refusals: RefusalLog = field(default_factory=lambda: RefusalLog(log))
+    """Counts of every refused request by status, the latest few, and the rate-limited log."""
+
+    @property
+    def refused(self) -> deque[Refusal]:
+        """(node, status, reason, peer) of the latest refused requests (bounded)."""
+        return self.refusals.recent
 
 
 class _NodeSite:
@@ -101,6 +107,11 @@ class HttpTransport(Transport):
     ``send_timeout_s``: deadline for one message to be accepted (defaults to
     ``receive_timeout_s``, else 60 s). ``replay_window_s``: accepted clock skew and nonce memory.
     ``check_messages``: apply the split-GAN protocol checks to received messages.
+    ``header_timeout_s``: a connection whose request headers are not complete this long after it
+    opened (or after its previous answer) is closed. ``body_idle_timeout_s`` (default: the send
+    timeout, at most 30 s): a body that stalls this long is refused (408); a whole body gets at most
+    the send timeout. ``max_concurrent_bodies``: bodies read at once by all local nodes together
+    (memory stays under this many times ``max_message_mb``); more wait for a slot.
     """
 
     name = "http"
@@ -110,11 +121,17 @@ class HttpTransport(Transport):
                  peers: Mapping[str, str] | None = None, listen: Mapping[str, tuple[str, int]] | None = None,
                  rendezvous: Rendezvous | None = None, nodes: Iterable[str] | None = None,
                  send_timeout_s: float | None = None, replay_window_s: float = 300.0,
-                 check_messages: bool = True) -> None:
+                 check_messages: bool = True, header_timeout_s: float = 20.0,
+                 body_idle_timeout_s: float | None = None, max_concurrent_bodies: int = 8,
+                 message_specs: MessageSpecs | None = None) -> None:
         super().__init__()
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        if max_concurrent_bodies < 1:
+            raise ValueError("max_concurrent_bodies must be >= 1")
         self.receive_timeout_s = receive_timeout_s
+        self.message_specs = message_specs
+        """The run program's messages; received iteration messages must be one of them."""
         self.host = host
         self.port = port
         self.retries = retries
@@ -127,6 +144,16 @@ class HttpTransport(Transport):
         self._rendezvous = rendezvous
         self._nodes = set(nodes) if nodes is not None else None
         self.send_timeout_s = send_timeout_s if send_timeout_s is not None else (receive_timeout_s or 60.0)
+        idle_s = body_idle_timeout_s if body_idle_timeout_s is not None else min(self.send_timeout_s, 30.0)
+        for name, value in (("header_timeout_s", header_timeout_s), ("body_idle_timeout_s", idle_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        self.header_timeout_s = header_timeout_s
+        # A sender gives up after its send timeout, so a body still arriving later is of no use.
+        self._body_limits = BodyLimits(idle_timeout_s=idle_s, deadline_s=self.send_timeout_s,
+                                       slice_s=min(1.0, idle_s))
+        self._body_slots = asyncio.Semaphore(max_concurrent_bodies)
+        self._body_readers: dict[str, SignedBodyReader] = {}
         self._replay = ReplayGuard(replay_window_s)
         self._check_messages = check_messages
         self._sites: dict[str, _NodeSite] = {}
@@ -162,8 +189,10 @@ class HttpTransport(Transport):
             for node_id, site in self._sites.items():
                 self.peers.setdefault(node_id, site.url)
             if self._session is None:
+                # Idle connections are dropped well before a peer's header timeout closes them.
                 self._session = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                    connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300,
+                                                   keepalive_timeout=min(15.0, self.header_timeout_s / 2)),
                     auto_decompress=False)
             if self._rendezvous is not None and new:
                 table = await self._rendezvous(self.local_urls)
@@ -176,10 +205,20 @@ class HttpTransport(Transport):
             raise
 
     async def _serve(self, node_id: str, host: str, port: int) -> _NodeSite:
-        app = web.Application(client_max_size=self.max_message_bytes)
-        app.router.add_post(MESSAGE_PATH, functools.partial(self._handle_message, node_id))
-        app.router.add_post(PING_PATH, functools.partial(self._handle_ping, node_id))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        refusals = self.stats.refusals
+        app = web.Application(client_max_size=self.max_message_bytes, middlewares=node_middlewares(
+            node_id, self.secret, lambda: self.known_nodes, self._replay, self.max_message_bytes, refusals))
+        bodies = SignedBodyReader(node_id, self.secret, lambda: self.known_nodes, self._body_limits, self._body_slots)
+        self._body_readers[node_id] = bodies
+        app.router.add_post(MESSAGE_PATH, functools.partial(self._handle_message, node_id, bodies))
+        app.router.add_post(PING_PATH, functools.partial(self._handle_ping, node_id, bodies))
+        # auto_decompress=False: the parser hands over the raw bytes, never inflating a body (a
+        # Content-Encoding is refused anyway). The keep-alive timer also runs from the moment a
+        # connection opens until its request headers are complete: the slow-header timeout.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False,
+                               keepalive_timeout=self.header_timeout_s, lingering_time=min(2.0, self.header_timeout_s),
+                               max_headers=MAX_HEADERS, max_line_size=MAX_HEADER_LINE, max_field_size=MAX_HEADER_LINE,
+                               logger=ServerLog(node_id, refusals))
         await runner.setup()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -202,6 +241,7 @@ class HttpTransport(Transport):
         if self._closed:
             return
         self._closed = True
+        self.stats.refusals.flush()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -323,54 +363,18 @@ class HttpTransport(Transport):
 
     # -- receiving ----------------------------------------------------------------------------
 
-    async def _read_body(self, request: web.Request) -> bytearray:
-        """The request body in one private buffer (a single copy out of the socket chunks)."""
-        limit = self.max_message_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            raise WireError(413, f"body of {length} bytes is over the {limit} byte limit")
-        if length is None:  # chunked: grow as it comes, still bounded
-            body = bytearray()
-            while chunk := await request.content.readany():
-                body += chunk
-                if len(body) > limit:
-                    raise WireError(413, f"body over the {limit} byte limit")
-            return body
-        body = bytearray(length)
-        view, pos = memoryview(body), 0
-        while pos < length:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            if pos + len(chunk) > length:
-                raise WireError(400, "body longer than its Content-Length")
-            view[pos: pos + len(chunk)] = chunk
-            pos += len(chunk)
-        if pos != length:
-            raise WireError(400, f"incomplete body ({pos} of {length} bytes)")
-        return body
-
-    async def _authenticate(self, node_id: str, request: web.Request) -> bytearray:
-        body = await self._read_body(request)
-        signed = verify_headers(self.secret, request.headers, node_id, self.known_nodes, body)
-        self._replay.check(signed)
-        return body
-
-    async def _handle_message(self, node_id: str, request: web.Request) -> web.Response:
-        try:
-            body = await self._authenticate(node_id, request)
-            msg = decode(body, share=True)  # the body buffer is ours alone: tensors view it
-            sender = request.headers[HEADER_FROM]
-            if msg.src != sender:
-                raise WireError(403, f"node {sender!r} cannot send as {msg.src!r}")
-            if self._check_messages:
-                check_protocol(msg, node_id, self.known_nodes)
-            elif msg.dst != node_id:
-                raise WireError(403, f"message for {msg.dst!r} sent to node {node_id!r}")
-        except WireError as exc:
-            return self._refuse(node_id, request, exc.status, exc.reason)
-        except (aiohttp.ClientPayloadError, ConnectionError) as exc:
-            return self._refuse(node_id, request, 400, f"incomplete body ({exc.__class__.__name__})")
+    async def _handle_message(self, node_id: str, bodies: SignedBodyReader, request: web.Request) -> web.Response:
+        # The middlewares have checked the framing, the length and the head signature; a WireError
+        # raised here becomes a refusal there.
+        body = await bodies.read(request)
+        msg = decode(body, share=True)  # the body buffer is ours alone: tensors view it
+        sender = request.headers[HEADER_FROM]
+        if msg.src != sender:
+            raise WireError(403, f"node {sender!r} cannot send as {msg.src!r}")
+        if self._check_messages:
+            check_protocol(msg, node_id, self.known_nodes, self.message_specs)
+        elif msg.dst != node_id:
+            raise WireError(403, f"message for {msg.dst!r} sent to node {node_id!r}")
         site = self._sites[node_id]
         self.stats.received += 1
         self.stats.received_bytes += len(body)
@@ -383,22 +387,10 @@ class HttpTransport(Transport):
         self._mailboxes[node_id].put(msg)
         return web.json_response({"status": "ok", "id": msg.msg_id})
 
-    async def _handle_ping(self, node_id: str, request: web.Request) -> web.Response:
-        try:
-            body = await self._authenticate(node_id, request)
-            if body:
-                raise WireError(400, "a ping has an empty body")
-        except WireError as exc:
-            return self._refuse(node_id, request, exc.status, exc.reason)
+    async def _handle_ping(self, node_id: str, bodies: SignedBodyReader, request: web.Request) -> web.Response:
+        if await bodies.read(request):
+            raise WireError(400, "a ping has an empty body")
         return web.json_response({"status": "ok", "node": node_id, "ready": node_id in self._ready})
-
-    def _refuse(self, node_id: str, request: web.Request, status: int, reason: str) -> web.Response:
-        peer = request.remote or "?"
-        claimed = request.headers.get(HEADER_FROM, "?")[:64]
-        log.warning("node %s refused a request from %s (claims %r): HTTP %d %s", node_id, peer, claimed, status, reason)
-        self.stats.refused.append((node_id, status, reason))
-        return web.json_response({"status": "refused", "reason": reason}, status=status)
-
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
 from pydantic import ValidationError
 
-from p2pgan.config.schema import CutsSpec, Scenario
-from p2pgan.config.yamlfile import load_yaml_mapping
+from p2pgan.config.schema import MAX_SECONDS, CutsSpec, Scenario
+from p2pgan.config.yamlfile import load_yaml_mapping, parse_yaml
 from p2pgan.errors import ConfigError
 
 
@@ -33,6 +34,16 @@ def _normalise_cuts(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+def _normalise_strategy(raw: dict[str, Any]) -> dict[str, Any]:
+    """``strategy: {name: n, k: v}`` -> ``{name: n, options: {k: v}}``: the options are the
+    strategy's own section, validated by its ``Options`` class, not by this schema."""
+    strategy = raw.get("strategy")
+    if isinstance(strategy, dict) and "options" not in strategy:
+        options = {k: v for k, v in strategy.items() if k != "name"}
+        raw = {**raw, "strategy": {**({"name": strategy["name"]} if "name" in strategy else {}), "options": options}}
+    return raw
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides; values are parsed as YAML scalars/lists."""
     for override in overrides:
@@ -48,16 +59,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
             if not isinstance(child, dict):
                 raise ConfigError(source, ".".join(parts[: i + 1]), "cannot set a key inside a non-mapping value")
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(source, key, f"cannot parse override value {value!r}") from None
+        node[parts[-1]] = parse_yaml(value, source, key)  # the file's checks: finite, bounded, no repeats
     return raw
 
 
 def parse_scenario(raw: dict[str, Any], path: Path) -> Scenario:
     source = str(path)
-    raw = _normalise_cuts(dict(raw))
+    raw = _normalise_strategy(_normalise_cuts(dict(raw)))
     if "source" in raw:
         raise ConfigError(source, "source", "unknown key (set by the loader, not by the file)")
     try:
@@ -79,6 +87,12 @@ def _resolve_paths(scenario: Scenario, path: Path) -> Scenario:
     topology = _under(base, scenario.topology)
     if topology is not None and not topology.is_file():
         raise ConfigError(str(path), "topology", f"topology file not found: {topology}")
+    source = str(path)
+    if data.root is not None:
+        check_input_dir(data.root, "data.root", source=source)  # else it would silently use the offline copy
+    check_output_path(output_dir, "output.dir", source=source)
+    if metrics.cache_dir is not None:
+        check_output_path(metrics.cache_dir, "metrics.cache_dir", source=source)
     return dataclasses.replace(scenario, data=data, output=output, metrics=metrics, topology=topology)
 
 
@@ -103,8 +117,15 @@ def _config_error(source: str, exc: ValidationError) -> ConfigError:
     elif error["type"] == "missing" or error["type"] == "missing_argument":
         message = "required key is missing"
     elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
-        message = f"{message}, got {error['input']!r}"
+        message = f"{message}, got {_shown(error['input'])}"
+        if isinstance(error["input"], bool):
+            message += " (YAML reads yes/no/on/off as booleans; write a number)"
     return ConfigError(source, key, message)
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _allowed_keys(loc: list[str]) -> str:
@@ -117,4 +138,75 @@ def _allowed_keys(loc: list[str]) -> str:
     return ", ".join(name for name in section.__pydantic_fields__ if name != "source")
 
 
-__all__ = ["CutsSpec", "apply_overrides", "load_scenario", "parse_scenario"]
+# -- paths and flags checked at the edge (no file is created here; ``validate`` uses them too) -----
+
+
+def check_output_path(path: Path, key: str, *, source: str = "",
+                      kind: Literal["folder", "file"] = "folder") -> Path:
+    """``path`` if a run could write there (it exists as a writable ``kind``, or its nearest
+    existing ancestor is a writable folder), else a one-line :class:`ConfigError` naming
+    ``source:key`` (``source`` defaults to the path itself; for a flag pass the command, e.g.
+    ``check_output_path(args.out, "--out", source="compare")``)."""
+    path = Path(path)
+    where = source or str(path)
+    expected = "a folder" if kind == "folder" else "a file path"
+    if "\0" in str(path):  # pathlib answers False to every question about such a path
+        raise ConfigError(where, key, f"unusable path {str(path)[:80]!r} (it contains a NUL byte)")
+    try:
+        if path.is_symlink() and not path.exists():
+            raise ConfigError(where, key, f"{path} is a broken symbolic link (expected {expected})")
+        if path.exists():
+            if kind == "folder" and not path.is_dir():
+                raise ConfigError(where, key, f"{path} is a file (expected {expected})")
+            if kind == "file" and path.is_dir():
+                raise ConfigError(where, key, f"{path} is a folder (expected {expected})")
+            if not os.access(path, os.W_OK | (os.X_OK if kind == "folder" else 0)):
+                raise ConfigError(where, key, f"{path} is not writable")
+            return path
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            if ancestor.is_symlink():
+                raise ConfigError(where, key, f"cannot create {path}: {ancestor} is a broken symbolic link")
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ConfigError(where, key, f"cannot create {path}: {ancestor} is a file, not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ConfigError(where, key, f"cannot create {path}: {ancestor} is not writable")
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ConfigError(where, key, f"unusable path {str(path)[:80]!r} ({exc.strerror or exc})") from None
+    except ValueError as exc:  # an embedded NUL byte
+        raise ConfigError(where, key, f"unusable path {str(path)[:80]!r} ({exc})") from None
+    return path
+
+
+def check_input_dir(path: Path, key: str, *, source: str = "") -> Path:
+    """``path`` if it is an existing, readable folder, else a one-line :class:`ConfigError`."""
+    path = Path(path)
+    where = source or str(path)
+    if "\0" in str(path):
+        raise ConfigError(where, key, f"unusable path {str(path)[:80]!r} (it contains a NUL byte)")
+    try:
+        if not path.exists():
+            raise ConfigError(where, key, f"folder not found: {path}")
+        if not path.is_dir():
+            raise ConfigError(where, key, f"{path} is a file (expected a folder)")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ConfigError(where, key, f"{path} is not readable")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(where, key, f"unusable path {str(path)[:80]!r} ({exc})") from None
+    return path
+
+
+def check_duration(seconds: float, key: str, *, source: str, allow_zero: bool = True) -> float:
+    """A finite number of seconds in ``[0, MAX_SECONDS]`` (``(0, ...]`` unless ``allow_zero``);
+    NaN would make every deadline comparison false and a wait loop spin forever."""
+    low_ok = seconds >= 0 if allow_zero else seconds > 0
+    if not math.isfinite(seconds) or not low_ok or seconds > MAX_SECONDS:
+        low = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(source, key, f"expected a finite number of seconds {low} and <= {MAX_SECONDS:g}, "
+                                       f"got {seconds!r}")
+    return seconds
+
+
+__all__ = ["CutsSpec", "apply_overrides", "check_duration", "check_input_dir", "check_output_path",
+           "load_scenario", "parse_scenario"]

@@ -7,21 +7,28 @@ the loader turns into one-line ``file:key: problem`` messages.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from p2pgan.model.blocks import ModelSpec
+from p2pgan.model.policies import SCENARIO_POLICIES
 
-STRICT = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+STRICT = ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False)
+"""Every section: unknown keys refused, and no float field accepts ``.inf``/``.nan``."""
+# Numeric fields also take ``strict=True``: YAML 1.1 reads ``yes``/``on`` as booleans and pydantic's
+# lax mode would turn them into 1 (and "3" into 3); a number must be written as a number.
+
+SEED_MAX = 2**32 - 1
+"""Seeds must suit every consumer: torch takes [-2**63, 2**64), numpy's SeedSequence [0, inf),
+scikit-learn's KMeans ``random_state`` (a legacy RandomState) only [0, 2**32)."""
+MAX_SECONDS = 1e6
+"""Upper bound on a duration (about 11.6 days): larger values overflow asyncio and threading timeouts."""
+MAX_NAME_CHARS = 100
+MAX_CLIENTS_PER_DOMAIN = 10_000
 
 DOMAINS = ("mnist", "fashion-mnist", "kmnist", "glyphs")
-STRATEGIES = (
-    "split-fedavg", "huscf", "huscf-no-kld", "huscf-no-cluster",
-    "fedavg-gan", "md-gan", "usplit-fedavg", "centralized",
-)
-CUT_POLICIES = ("all-offload", "all-local", "mixed")
 CutTuple = tuple[int, int, int, int]
 
 
@@ -34,7 +41,7 @@ class DataSpec:
 @dataclass(config=STRICT)
 class PartitionSpec:
     kind: Literal["iid", "non-iid", "highly-non-iid", "dirichlet"] = "iid"
-    alpha: Optional[float] = Field(default=None, gt=0)
+    alpha: Optional[float] = Field(default=None, gt=0, strict=True)
 
     @model_validator(mode="after")
     def _alpha_with_dirichlet(self) -> "PartitionSpec":
@@ -45,8 +52,8 @@ class PartitionSpec:
 
 @dataclass(config=STRICT)
 class ModelSection:
-    width: float = Field(default=1.0, gt=0, le=8)
-    z_dim: int = Field(default=100, ge=1)
+    width: float = Field(default=1.0, gt=0, le=8, strict=True)
+    z_dim: int = Field(default=100, ge=1, le=4096, strict=True)
 
     def to_spec(self) -> ModelSpec:
         return ModelSpec(width=self.width, z_dim=self.z_dim)
@@ -54,12 +61,18 @@ class ModelSection:
 
 @dataclass(config=STRICT)
 class TrainingSpec:
-    rounds: int = Field(default=1, ge=1)
-    local_epochs: int = Field(default=1, ge=1)
-    batch_size: int = Field(default=64, ge=2)
-    lr: float = Field(default=2e-4, gt=0)
+    rounds: int = Field(default=1, ge=1, le=1_000_000, strict=True)
+    local_epochs: int = Field(default=1, ge=1, le=1_000_000, strict=True)
+    batch_size: int = Field(default=64, ge=2, le=1_000_000, strict=True)
+    lr: float = Field(default=2e-4, gt=0, strict=True)
     betas: tuple[float, float] = (0.5, 0.999)
-    max_batches_per_epoch: Optional[int] = Field(default=None, ge=1)
+    max_batches_per_epoch: Optional[int] = Field(default=None, ge=1, strict=True)
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_are_numbers(cls, betas: object) -> object:
+        _refuse_booleans(betas, "betas")
+        return betas
 
     @field_validator("betas")
     @classmethod
@@ -75,8 +88,14 @@ class CutsSpec:
 
     fixed: Optional[CutTuple] = None
     per_client: Optional[list[CutTuple]] = None
-    policy: Optional[Literal["all-offload", "all-local", "mixed"]] = None
+    policy: Optional[Literal[SCENARIO_POLICIES]] = None  # type: ignore[valid-type]
     search: Optional[Literal["exact", "ga"]] = None
+
+    @field_validator("fixed", "per_client", mode="before")
+    @classmethod
+    def _cuts_are_numbers(cls, cuts: object) -> object:
+        _refuse_booleans(cuts, "cuts")
+        return cuts
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "CutsSpec":
@@ -92,49 +111,36 @@ class CutsSpec:
 
 @dataclass(config=STRICT)
 class StrategySpec:
-    name: Literal[
-        "split-fedavg", "huscf", "huscf-no-kld", "huscf-no-cluster",
-        "fedavg-gan", "md-gan", "usplit-fedavg", "centralized",
-    ] = "huscf"
-    kld_alpha: float = Field(default=1.0, ge=0)
-    clusters: Union[Literal["auto"], int, None] = None
-    """``None``: the number of domains; ``auto``: chosen by silhouette; N: fixed."""
-    warmup_rounds: int = Field(default=2, ge=0)
-    cluster_feature: Literal["covariance", "correlation", "mean"] = "covariance"
-    """What HuSCF clusters on: channel covariances (or correlations) of the D-middle output, robust
-    to which labels a client holds, or its batch mean (DESIGN §1.3 literally); see
-    p2pgan.federation.huscf."""
+    """``strategy: {name: huscf, <its options>}``. The name and the options are checked against
+    the strategy catalogue (each strategy validates its own section) by the run's composition
+    root and the commands, which hold the catalogue; this layer only keeps them apart."""
 
-    @field_validator("clusters")
-    @classmethod
-    def _positive_clusters(cls, clusters: Union[str, int, None]) -> Union[str, int, None]:
-        if isinstance(clusters, int) and clusters < 1:
-            raise ValueError("clusters must be >= 1, 'auto' or omitted")
-        return clusters
+    name: str = "huscf"
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 @dataclass(config=STRICT)
 class TransportSpec:
     kind: Literal["memory", "http"] = "memory"
     host: str = "127.0.0.1"
-    port: int = Field(default=0, ge=0, le=65535)
+    port: int = Field(default=0, ge=0, le=65535, strict=True)
     """Base port for the http transport; 0 picks free ports."""
     processes: bool = False
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=60.0, gt=0, le=MAX_SECONDS, strict=True)
     """Deadline for a peer to answer or send what a node waits for."""
-    retries: int = Field(default=3, ge=0)
-    max_message_mb: float = Field(default=256.0, gt=0)
+    retries: int = Field(default=3, ge=0, le=1000, strict=True)
+    max_message_mb: float = Field(default=256.0, gt=0, le=65536, strict=True)
 
 
 @dataclass(config=STRICT)
 class MetricsSpec:
     enabled: bool = True
-    every: int = Field(default=1, ge=1)
+    every: int = Field(default=1, ge=1, strict=True)
     """Compute the generation score every N rounds (the last round always)."""
-    score_samples: int = Field(default=5000, ge=10)
-    utility_samples: int = Field(default=30000, ge=10)
-    classifier_epochs: int = Field(default=3, ge=1)
-    utility_epochs: int = Field(default=3, ge=1)
+    score_samples: int = Field(default=5000, ge=10, le=10_000_000, strict=True)
+    utility_samples: int = Field(default=30000, ge=10, le=10_000_000, strict=True)
+    classifier_epochs: int = Field(default=3, ge=1, le=10_000, strict=True)
+    utility_epochs: int = Field(default=3, ge=1, le=10_000, strict=True)
     utility: bool = True
     cache_dir: Optional[Path] = None
 
@@ -143,14 +149,14 @@ class MetricsSpec:
 class OutputSpec:
     dir: Optional[Path] = None
     """Results folder; default ``runs/<name>`` next to the scenario's project."""
-    grid_samples_per_class: int = Field(default=4, ge=1, le=16)
+    grid_samples_per_class: int = Field(default=4, ge=1, le=16, strict=True)
 
 
 @dataclass(config=STRICT)
 class Scenario:
     name: str
     domains: dict[str, int]
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, strict=True)
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -167,9 +173,31 @@ class Scenario:
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not name or any(c in name for c in "/\\\0"):
-            raise ValueError("name must be non-empty and contain no path separators")
+        # The name becomes a folder (runs/<name>) and appears in command lines and logs.
+        if not name or not name.strip():
+            raise ValueError("name must not be empty")
+        if any(c in name for c in "/\\"):
+            raise ValueError(f"name must not contain a path separator, got {name!r}")
+        if not name.isprintable():
+            raise ValueError(f"name must not contain control characters, got {name!r}")
+        if set(name) <= {"."}:
+            raise ValueError(f"name must not be {name!r} (it names a folder)")
+        if name.startswith("-"):
+            raise ValueError(f"name must not start with '-' (it would read as a flag), got {name!r}")
+        if name != name.strip():
+            raise ValueError(f"name must not start or end with whitespace, got {name!r}")
+        if len(name) > MAX_NAME_CHARS:
+            raise ValueError(f"name must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
         return name
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _counts_are_numbers(cls, domains: object) -> object:
+        if isinstance(domains, dict):
+            for domain, count in domains.items():
+                if isinstance(count, bool) or not isinstance(count, int):
+                    raise ValueError(f"{domain} needs a whole number of clients, got {count!r}")
+        return domains
 
     @field_validator("domains")
     @classmethod
@@ -181,6 +209,8 @@ class Scenario:
                 raise ValueError(f"unknown domain {domain!r} (expected one of: {', '.join(DOMAINS)})")
             if count < 1:
                 raise ValueError(f"{domain} needs at least 1 client, got {count}")
+            if count > MAX_CLIENTS_PER_DOMAIN:
+                raise ValueError(f"{domain} asks for {count} clients (expected at most {MAX_CLIENTS_PER_DOMAIN})")
         return domains
 
     @model_validator(mode="after")
@@ -192,6 +222,20 @@ class Scenario:
             raise ValueError("@cuts.search needs a topology file (expected topology: path/to.yaml)")
         return self
 
+    @model_validator(mode="after")
+    def _fits_the_run(self) -> "Scenario":
+        # Strategy options are typed by each strategy's Options class; the client count is only here.
+        clusters = self.strategy.options.get("clusters")
+        if isinstance(clusters, int) and not isinstance(clusters, bool) and clusters > self.num_clients:
+            raise ValueError(f"@strategy.clusters {clusters} clusters for {self.num_clients} clients "
+                             "(expected at most one cluster per client)")
+        # Nodes listen on port, port+1, ..., port+num_clients (the server, then each client).
+        if self.transport.port and self.transport.port + self.num_clients > 65535:
+            raise ValueError(f"@transport.port base port {self.transport.port} + {self.num_clients} clients "
+                             f"needs ports up to {self.transport.port + self.num_clients} (expected at most "
+                             f"65535: a base port <= {65535 - self.num_clients}, or 0 for free ports)")
+        return self
+
     @property
     def num_clients(self) -> int:
         return sum(self.domains.values())
@@ -200,3 +244,13 @@ class Scenario:
     def results_dir(self) -> Path:
         assert self.output.dir is not None, "the loader always sets output.dir"
         return self.output.dir
+
+
+def _refuse_booleans(value: object, what: str) -> None:
+    """``True``/``False`` (YAML ``yes``/``no``) inside a list of numbers."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            _refuse_booleans(item, what)
+        elif isinstance(item, bool):
+            raise ValueError(f"{what} must be numbers, got {item!r} (YAML reads yes/no/on/off as booleans)")

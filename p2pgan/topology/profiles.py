@@ -3,13 +3,13 @@
 A topology file is YAML validated here once (config at the edge); everything below works on the
 frozen :class:`Topology`. Units are part of every key name: ``clock_hz`` (Hz), ``flops_per_cycle``
 (FLOPs per clock cycle per core), ``cores``, ``up_bps``/``down_bps`` (bit/s, "up" is always
-towards the server), ``latency_s`` (one-way seconds). See :mod:`p2pgan.sim.units` for the
-string forms (``"480 MHz"``).
+towards the server), ``latency_s`` (one-way seconds), ``memory_bytes`` (optional, what a device can
+hold for training: ``"4 GiB"``). See :mod:`p2pgan.topology.units` for the string forms (``"480 MHz"``).
 
 A node's compute rate is ``clock_hz * flops_per_cycle * cores`` FLOP/s: one node runs one block
 computation at a time (it is a single sequential resource), and that computation is
 data-parallel over the batch, so all cores work on it. ``cores`` defaults to 1, which keeps the
-paper's per-device figures (DESIGN §1.2) as they are.
+paper's per-device figures (docs/design.md §1.2) as they are.
 
 Traffic only ever flows between a client and the server. A client's path is its own access link
 (dedicated to that client, one resource per direction), then the link's ``via`` shared segments,
@@ -31,6 +31,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from p2pgan.ids import SERVER_ID
 from p2pgan.config.yamlfile import load_yaml_mapping
+from p2pgan.resources import resource_path
 from p2pgan.errors import ConfigError
 from p2pgan.topology.units import parse_quantity
 
@@ -46,6 +47,7 @@ Hz = Annotated[float, _quantity("frequency"), Field(gt=0)]
 BitRate = Annotated[float, _quantity("bitrate"), Field(gt=0)]
 Seconds = Annotated[float, _quantity("time"), Field(ge=0)]
 PerCycle = Annotated[float, _quantity("count"), Field(gt=0)]
+Bytes = Annotated[float, _quantity("bytes"), Field(gt=0)]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -71,6 +73,7 @@ class _ProfileModel(BaseModel):
     flops_per_cycle: PerCycle
     cores: int = Field(default=1, ge=1)
     link: Union[str, _LinkModel, None] = None
+    memory_bytes: Optional[Bytes] = None
 
 
 class _ServerModel(BaseModel):
@@ -162,6 +165,9 @@ class DeviceProfile:
     clock_hz: float
     flops_per_cycle: float
     cores: int = 1
+    memory_bytes: float | None = None
+    """What a client of this profile can hold for training (``None``: not modelled, unlimited).
+    The cut search never places more on it; see :mod:`p2pgan.sim.feasibility`."""
 
     @property
     def flops_per_s(self) -> float:
@@ -306,7 +312,8 @@ def topology_from_mapping(raw: Mapping[str, Any], source: str = "<topology>") ->
     return Topology(
         name=model.name,
         description=model.description,
-        profiles={name: DeviceProfile(name, p.clock_hz, p.flops_per_cycle, p.cores) for name, p in model.profiles.items()},
+        profiles={name: DeviceProfile(name, p.clock_hz, p.flops_per_cycle, p.cores, p.memory_bytes)
+                  for name, p in model.profiles.items()},
         profile_links=profile_links,
         server=DeviceProfile(SERVER_PROFILE, model.server.clock_hz, model.server.flops_per_cycle, model.server.cores),
         server_via=tuple(model.server.via),
@@ -350,5 +357,5 @@ def _config_error(source: str, exc: ValidationError) -> ConfigError:
 
 
 def default_topology_path() -> Path:
-    """``topologies/paper-edge.yaml`` of this checkout: the reference's seven devices (DESIGN §1.2)."""
-    return Path(__file__).resolve().parents[2] / "topologies" / "paper-edge.yaml"
+    """The packaged ``topologies/paper-edge.yaml``: the reference's seven devices (docs/design.md §1.2)."""
+    return resource_path("topologies", "paper-edge.yaml")

@@ -18,15 +18,10 @@ from p2pgan.runtime import keep_freed_memory
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pgan", description="HuSCF-GAN split/federated cGAN simulator")
     parser.add_argument("--version", action="version", version=f"p2pgan {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"p2pgan.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"p2pgan.commands.{name}":
-                continue  # a command whose module is not part of this build
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"p2pgan.commands.{name}").register(subparsers)
     return parser
 
 
@@ -58,6 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("p2pgan: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"p2pgan: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

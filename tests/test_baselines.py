@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from p2pgan.strategies.shapes import DEFAULT_USPLIT_CUT, SHAPES, run_shape
 from p2pgan.config import load_scenario
-from p2pgan.config.schema import STRATEGIES
+from p2pgan.errors import ConfigError
+from p2pgan.strategies.catalogue import STRATEGIES, strategy_class
+from p2pgan.strategies.fedavg import DEFAULT_USPLIT_CUT
 from p2pgan.ids import SERVER_ID
 from p2pgan.protocol.messages import MessageKind
 from p2pgan.run.prepare import prepare_run
@@ -32,10 +33,10 @@ def run_tapped(scenario):
     return outcome, seen
 
 
-def test_every_schema_strategy_has_a_run_shape():
-    assert set(STRATEGIES) == set(SHAPES)
-    with pytest.raises(KeyError):
-        run_shape("nope")
+def test_the_catalogue_names_every_strategy_once_and_refuses_others():
+    assert all(cls.name == name for name, cls in STRATEGIES.items())
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
+        strategy_class("nope")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -1,6 +1,6 @@
 """One split iteration over the memory transport == an independent single-process cGAN step.
 
-The reference below re-implements DESIGN §1.1 directly on whole per-client models: it shares
+The reference below re-implements docs/design.md §1.1 directly on whole per-client models: it shares
 nothing with the engine but the block definitions, their seeded initialisation and the
 clients' random streams (so both see the same data and z).
 """
@@ -19,9 +19,10 @@ from p2pgan.plan.nodedata import LocalData
 from p2pgan.ids import SERVER_ID
 from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.engine.server import ServerNode
+from p2pgan.plan.program import U_SHAPED
 from p2pgan.plan.setup import NodeSetup, node_seed
 from p2pgan.bus import EventBus
-from p2pgan.federation.fedavg import SizeWeightedFedAvg
+from p2pgan.strategies.fedavg import SplitFedAvg
 from p2pgan.model.blocks import ModelSpec, build_initial_blocks
 from p2pgan.model.costs import profile_model
 from p2pgan.model.segments import ClientCut, all_cut_options
@@ -53,8 +54,8 @@ def run_engine_iteration(cuts: list[ClientCut], data: dict[str, LocalData]):
         transport = MemoryTransport(receive_timeout_s=30)
         endpoints = await transport.open([SERVER_ID, *plan.client_ids])
         bus = EventBus()
-        server = ServerNode(setup, plan, SizeWeightedFedAvg(), 1, endpoints[SERVER_ID], bus)
-        clients = [ClientNode(setup, p, schedule, data[p.client_id], endpoints[p.client_id], bus) for p in plans]
+        server = ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED)
+        clients = [ClientNode(setup, p, schedule, data[p.client_id], endpoints[p.client_id], bus, U_SHAPED) for p in plans]
         await asyncio.gather(server.iteration(1, 0), *(c.iteration(1, 0) for c in clients))
         return server, clients
 
@@ -62,7 +63,7 @@ def run_engine_iteration(cuts: list[ClientCut], data: dict[str, LocalData]):
 
 
 class Reference:
-    """Whole G and D per client, the server's blocks shared, DESIGN §1.1 in plain PyTorch."""
+    """Whole G and D per client, the server's blocks shared, docs/design.md §1.1 in plain PyTorch."""
 
     def __init__(self, cuts: dict[str, ClientCut]) -> None:
         self.cuts = cuts
@@ -119,8 +120,9 @@ class Reference:
                 opt.zero_grad(set_to_none=True)
         out_fake = self.apply(D_NAMES, {c: f.detach() for c, f in fake.items()}, labels)
         out_real = self.apply(D_NAMES, real, labels)
-        d_loss = sum(0.5 * (F.binary_cross_entropy(out_fake[c], torch.zeros(BATCH, 1))
-                            + F.binary_cross_entropy(out_real[c], torch.ones(BATCH, 1))) for c in self.ids)
+        # The standard objective, as the reference sums it: BCE(D(fake), 0) + BCE(D(real), 1).
+        d_loss = sum(F.binary_cross_entropy(out_fake[c], torch.zeros(BATCH, 1))
+                     + F.binary_cross_entropy(out_real[c], torch.ones(BATCH, 1)) for c in self.ids)
         d_loss.backward()
         for net, opt in self.opts:
             if net is D_NAMES:

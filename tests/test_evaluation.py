@@ -62,7 +62,7 @@ def test_run_with_metrics_writes_every_output(repo_root, tmp_path, cache_dir):
         assert {p.stem for p in (out / "samples" / f"round-{r}").glob("*.png")} == {"mnist", "fashion-mnist"}
     assert not (out / "samples" / "round-1").exists()
     assert (out / "gen_scores.png").stat().st_size > 0
-    # the scores were in AggregationDone's details before the results writer read it
+    # the scores were in RoundAggregated's details before the results writer read it
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert "metrics" not in rounds[0]["details"]
     assert rounds[2]["details"]["metrics"]["mnist"]["gen_score"] == pytest.approx(records[-1]["domains"]["mnist"]["gen_score"])

@@ -1,4 +1,4 @@
-"""HuSCF-GAN federation (DESIGN §1.3): aggregation by hand, FedAvg reduction, own/server copies,
+"""HuSCF-GAN federation (docs/design.md §1.3): aggregation by hand, FedAvg reduction, own/server copies,
 and a short two-domain run whose clusters match the domains after warm-up.
 
 KLD scores and weights themselves are checked against hand computations in tests/test_kld.py;
@@ -16,7 +16,7 @@ import torch
 from p2pgan.config import load_scenario
 from p2pgan.protocol.messages import MessageKind
 from p2pgan.protocol.federation import ClientUpdate, FederationInput
-from p2pgan.federation import create_strategy
+from p2pgan.strategies.catalogue import create_strategy
 from p2pgan.federation.huscf import correlation_feature, covariance_feature
 from p2pgan.model.blocks import NETWORKS
 from p2pgan.federation.kld import client_weights

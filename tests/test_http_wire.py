@@ -10,7 +10,12 @@ import torch
 
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase
 from transports import wire
+from p2pgan.plan.program import MD_GAN, U_SHAPED
+from p2pgan.protocol.specs import MessageSpecs
 from transports.wire import ReplayGuard, WireError, check_protocol, decode, encode, sign_headers, verify_headers
+
+# Every message some catalogued program sends (the split engine's and MD-GAN's).
+SPECS = MessageSpecs.union(p.message_specs() for p in (U_SHAPED, MD_GAN))
 
 SECRET = bytes(range(32))
 NODES = ("server", "c000", "c001")
@@ -157,7 +162,7 @@ def test_non_zero_padding_is_refused():
 def test_protocol_checks(msg, status, reason):
     local = "c000" if msg.src == "server" else "server"
     with pytest.raises(WireError, match=reason) as err:
-        check_protocol(msg, local, NODES)
+        check_protocol(msg, local, NODES, SPECS)
     assert err.value.status == status
 
 
@@ -172,7 +177,7 @@ def test_legitimate_messages_pass_protocol_checks():
                 {"images": torch.ones(4, 1, 28, 28), "labels": torch.arange(4)}),
     ]
     for msg in ok:
-        check_protocol(msg, msg.dst, NODES)
+        check_protocol(msg, msg.dst, NODES, SPECS)
 
 
 def test_signature_covers_sender_receiver_and_body():

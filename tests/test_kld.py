@@ -1,4 +1,4 @@
-"""KLD scores/weights (DESIGN §1.3) against hand computations, and client clustering."""
+"""KLD scores/weights (docs/design.md §1.3) against hand computations, and client clustering."""
 
 from __future__ import annotations
 

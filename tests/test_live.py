@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from p2pgan.protocol.events import ClientLosses
-from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.events import RoundClosed
 from p2pgan.protocol.events import (
     ComputeEvent,
     LogEvent,
@@ -80,10 +80,10 @@ def losses(client: str, round_: int, step: int, d: float = 0.6, g: float = 0.9) 
     return ClientLosses(client, round_, step, d_real=d * 0.9, d_fake=d * 1.1, d_loss=d, g_loss=g)
 
 
-def aggregation(round_: int, clients: list[str], clusters: dict[str, int], metrics=None) -> AggregationDone:
+def aggregation(round_: int, clients: list[str], clusters: dict[str, int], metrics=None) -> RoundClosed:
     details = {"metrics": metrics, "ari": 0.75} if metrics else {}
-    result = FederationResult({}, {}, clusters, {}, details)
-    return AggregationDone(round_, result, {c: {"d_loss": 0.5, "g_loss": 1.0} for c in clients})
+    result = FederationResult({}, {}, clusters, {}, {})
+    return RoundClosed(round_, result, {c: {"d_loss": 0.5, "g_loss": 1.0} for c in clients}, details, {})
 
 
 def test_synthetic_run_renders_rounds_nodes_cuts_paging_and_federation():

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §1.5): judge classifier + cache, scores, FID, ARI, plots."""
+"""Evaluation metrics (docs/design.md §1.5): judge classifier + cache, scores, FID, ARI, plots."""
 
 from __future__ import annotations
 

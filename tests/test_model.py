@@ -35,7 +35,7 @@ def test_impossible_cuts_are_refused(values):
 
 def test_costs_are_measured_from_modules_and_match_design():
     costs = profile_model(ModelSpec())
-    # DESIGN §4: one client-iteration (G fwd+bwd, three D passes + backward) is ~53 GFLOP at batch 64.
+    # docs/design.md §4.2: one client-iteration (G fwd+bwd, three D passes + backward) is ~53 GFLOP at batch 64.
     g = [b for b in costs.blocks if b.network == "G"]
     d = [b for b in costs.blocks if b.network == "D"]
     per_sample = sum(b.fwd_flops + b.bwd_flops for b in g) + 3 * sum(b.fwd_flops + b.bwd_flops for b in d)

@@ -113,7 +113,7 @@ def test_parsers():
 def test_scenario_cuts_search_goes_through_the_engines_resolver(tmp_path, repo_root):
     """``cuts: {search: exact}`` in a scenario gives the run loop the exact plan."""
     from p2pgan.config import load_scenario
-    from p2pgan.plan.cuts import resolve_cuts
+    from p2pgan.run.prepare import scenario_cuts
     from p2pgan.model.costs import profile_model
     from p2pgan.sim.pricing import client_ids_for
     from p2pgan.sim.search import search_cuts
@@ -124,4 +124,4 @@ def test_scenario_cuts_search_goes_through_the_engines_resolver(tmp_path, repo_r
     ids = client_ids_for(10)
     topology = load_topology(loaded.topology)
     expected = search_cuts("exact", ids, costs, 64, topology, topology.assign_profiles(ids), 0)
-    assert resolve_cuts(loaded, ids, costs) == expected
+    assert scenario_cuts(loaded, ids, costs) == expected

@@ -34,7 +34,7 @@ def test_shipped_topologies_load(repo_root, name):
 
 def test_paper_edge_has_the_reference_profiles(repo_root):
     topo = load_topology(repo_root / "topologies" / "paper-edge.yaml")
-    table = {  # DESIGN §1.2: MHz, FLOPs/cycle, bit/s
+    table = {  # docs/design.md §1.2: MHz, FLOPs/cycle, bit/s
         "device1": (480, 1, 50e6), "device2": (6000, 8, 150e6), "device3": (15600, 8, 1e9),
         "device4": (5720, 8, 300e6), "device5": (4000, 4, 50e6), "device6": (9000, 4, 100e6),
         "device7": (12000, 10, 800e6),

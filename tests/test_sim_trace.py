@@ -15,10 +15,11 @@ from p2pgan.ids import SERVER_ID
 from p2pgan.protocol.messages import MessageKey, MessageKind, Phase
 from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.engine.server import ServerNode
+from p2pgan.plan.program import U_SHAPED
 from p2pgan.plan.setup import NodeSetup
 from p2pgan.protocol.events import ComputeEvent, NodeStateEvent, TransferEvent
 from p2pgan.bus import EventBus
-from p2pgan.federation.fedavg import SizeWeightedFedAvg
+from p2pgan.strategies.fedavg import SplitFedAvg
 from p2pgan.model.blocks import ModelSpec
 from p2pgan.model.costs import profile_model
 from p2pgan.model.segments import ClientCut, all_cut_options, split_client
@@ -124,8 +125,8 @@ def run_engine(costs, plans, rounds, steps, batch):
         endpoints = await transport.open([SERVER_ID, *plan.client_ids])
         bus = EventBus()
         bus.subscribe(tracer)
-        server = ServerNode(setup, plan, SizeWeightedFedAvg(), 1, endpoints[SERVER_ID], bus)
-        clients = [ClientNode(setup, p, schedule, data[p.client_id], endpoints[p.client_id], bus) for p in plans]
+        server = ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED)
+        clients = [ClientNode(setup, p, schedule, data[p.client_id], endpoints[p.client_id], bus, U_SHAPED) for p in plans]
         await asyncio.gather(server.run(), *(c.run() for c in clients))
         await transport.close()
 

@@ -41,9 +41,10 @@ def split_worker(clients: int, width: float, batch: int, reps: int, warmup: int)
     from p2pgan.ids import SERVER_ID
     from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
     from p2pgan.engine.server import ServerNode
+    from p2pgan.plan.program import U_SHAPED
     from p2pgan.plan.setup import NodeSetup
     from p2pgan.bus import EventBus
-    from p2pgan.federation.fedavg import SizeWeightedFedAvg
+    from p2pgan.strategies.fedavg import SplitFedAvg
     from p2pgan.model.blocks import ModelSpec
     from p2pgan.model.costs import profile_model
     from p2pgan.model.segments import all_cut_options
@@ -61,8 +62,8 @@ def split_worker(clients: int, width: float, batch: int, reps: int, warmup: int)
         transport = MemoryTransport()
         endpoints = await transport.open([SERVER_ID, *plan.client_ids])
         bus = EventBus()
-        server = ServerNode(setup, plan, SizeWeightedFedAvg(), 1, endpoints[SERVER_ID], bus)
-        nodes = [ClientNode(setup, p, schedule, local_data(p.num_examples, i), endpoints[p.client_id], bus)
+        server = ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED)
+        nodes = [ClientNode(setup, p, schedule, local_data(p.num_examples, i), endpoints[p.client_id], bus, U_SHAPED)
                  for i, p in enumerate(plans)]
         times = []
         for step in range(warmup + reps):

@@ -15,10 +15,12 @@ exactly what the header describes, so a truncated body, trailing bytes, or a dty
 not match the data is refused. Nothing received is ever unpickled: tensors are rebuilt with
 ``torch.frombuffer`` over a private copy of the raw bytes (never pickle, never ``torch.load``).
 
-Every request is signed: HMAC-SHA256 with the run's secret over a canonical string naming the
-sender, the receiver, a millisecond timestamp and a random nonce, followed by the body. The
-receiver checks the signature before looking at the body, refuses a timestamp outside its window
-and a nonce it has already seen (a replay), then decodes and validates the message.
+Every request is signed twice with the run's secret (HMAC-SHA256): a *head* signature over a
+canonical string naming the sender, the receiver, a millisecond timestamp, a random nonce and the
+body length, and a *body* signature over the same fields followed by the body. The receiver checks
+the head signature, the timestamp window and the nonce (a replay) before it reads one body byte
+(:func:`verify_head`), so a stranger cannot make it buffer anything; then it reads exactly the
+signed length, checks the body signature (:func:`verify_headers`), decodes and validates.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKey, MessageKind, Phase
+from p2pgan.protocol.specs import MessageSpecs
 
 from p2pgan.ids import SERVER_ID
 
@@ -53,6 +56,7 @@ MAX_META_STRING = 1024
 MAX_ROUND = 10_000_000
 MAX_STEP = 1_000_000_000
 SIGNATURE_CONTEXT = b"p2pgan-http-v1\n"
+HEAD_SIGNATURE_CONTEXT = b"p2pgan-http-v1-head\n"
 
 NODE_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 TENSOR_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
@@ -66,6 +70,7 @@ HEADER_TO = "X-P2PGan-To"
 HEADER_TIME = "X-P2PGan-Timestamp"
 HEADER_NONCE = "X-P2PGan-Nonce"
 HEADER_SIGNATURE = "X-P2PGan-Signature"
+HEADER_HEAD_SIGNATURE = "X-P2PGan-Head-Signature"
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -269,29 +274,17 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 # -- what a receiver expects ----------------------------------------------------------------------
 
-EXPECTED_TENSORS: dict[tuple[MessageKind, Phase], tuple[frozenset[str], ...]] = {
-    # Split middle input/output; MD-GAN's server-generated batch for a discriminator.
-    (MessageKind.ACTIVATION, Phase.G_FWD): (frozenset({"act"}), frozenset({"images", "labels"})),
-    (MessageKind.ACTIVATION, Phase.D_FAKE): (frozenset({"act"}),),
-    (MessageKind.ACTIVATION, Phase.D_REAL): (frozenset({"act"}),),
-    (MessageKind.ACTIVATION, Phase.G_ADV): (frozenset({"act"}),),
-    (MessageKind.GRADIENT, Phase.D_BWD): (frozenset({"fake", "real"}),),
-    (MessageKind.GRADIENT, Phase.G_ADV_BWD): (frozenset({"grad"}),),
-    (MessageKind.GRADIENT, Phase.G_BWD): (frozenset({"grad"}),),
-}
-"""Per (kind, phase) of an iteration message: the tensor-name sets a receiver accepts.
-A new message shape (e.g. another baseline) must be added here to travel over http."""
-INTEGER_TENSORS = frozenset({"labels"})
-"""Tensors that carry class ids (integer dtype); every other iteration tensor is floating point."""
 _INTEGER_DTYPES = frozenset({"int64", "int32", "int16", "int8", "uint8"})
 _PARAM_NAME = re.compile(r"^[A-Za-z0-9_]+\.[A-Za-z0-9_.]+$")
 
 
-def check_protocol(msg: Message, local_node: str, known_nodes: Iterable[str], server_id: str = SERVER_ID) -> None:
-    """Is ``msg`` something ``local_node`` can legitimately receive in a split-GAN run?
+def check_protocol(msg: Message, local_node: str, known_nodes: Iterable[str], specs: MessageSpecs | None = None,
+                   server_id: str = SERVER_ID) -> None:
+    """Is ``msg`` something ``local_node`` can legitimately receive in this run?
 
-    Raises :class:`WireError` (403 for the wrong peers, 422 for a message that does not fit the
-    protocol: wrong phase for its kind, unexpected tensor names or dtypes, meta where none belongs).
+    ``specs`` are the messages the run's program sends (``Program.message_specs()``): an
+    iteration message must match one in kind, phase, direction, tensor names and dtypes. Raises
+    :class:`WireError` (403 for the wrong peers, 422 for a message that does not fit the protocol).
     """
     if msg.dst != local_node:
         raise WireError(403, f"message for {msg.dst!r} sent to node {local_node!r}")
@@ -302,24 +295,19 @@ def check_protocol(msg: Message, local_node: str, known_nodes: Iterable[str], se
     if server_id not in (msg.src, msg.dst):
         raise WireError(422, "clients only exchange messages with the server")
     to_server = msg.dst == server_id
-    names = frozenset(msg.tensors)
     kind = msg.kind
     if kind in (MessageKind.ACTIVATION, MessageKind.GRADIENT):
         if msg.step < 0:
             raise WireError(422, f"{kind.value} messages belong to an iteration (step >= 0), got step {msg.step}")
         if msg.round < 1:
             raise WireError(422, f"round must be >= 1, got {msg.round}")
-        allowed = EXPECTED_TENSORS.get((kind, msg.phase))
-        if allowed is None:
-            raise WireError(422, f"{kind.value} in phase {msg.phase.value!r}")
-        if names not in allowed:
-            raise WireError(422, f"{kind.value}/{msg.phase.value} carries tensors {sorted(names)}, expected "
-                                 + " or ".join(str(sorted(a)) for a in allowed))
+        if specs is not None:
+            problem = specs.problem(msg, server_id)
+            if problem is not None:
+                raise WireError(422, problem)
         for name, t in msg.tensors.items():
-            want = _INTEGER_DTYPES if name in INTEGER_TENSORS else FLOAT_DTYPES
-            if DTYPE_NAMES[t.dtype] not in want or t.dim() < 1:
-                kind_of = "an integer" if name in INTEGER_TENSORS else "a floating-point"
-                raise WireError(422, f"tensor {name!r} must be {kind_of} batch, got {t.dtype} {list(t.shape)}")
+            if DTYPE_NAMES[t.dtype] not in FLOAT_DTYPES | _INTEGER_DTYPES or t.dim() < 1:
+                raise WireError(422, f"tensor {name!r} must be a batch, got {t.dtype} {list(t.shape)}")
         if msg.meta:
             raise WireError(422, f"{kind.value} messages carry no meta")
     elif kind in (MessageKind.PARAMS, MessageKind.AGGREGATE):
@@ -345,6 +333,13 @@ def _mac(secret: bytes, src: str, dst: str, timestamp: str, nonce: str, body: by
     return mac.hexdigest()
 
 
+def _head_mac(secret: bytes, src: str, dst: str, timestamp: str, nonce: str, length: int) -> str:
+    # Its own context string, so a head signature can never pass as a body signature.
+    mac = hmac.new(secret, HEAD_SIGNATURE_CONTEXT, hashlib.sha256)
+    mac.update(f"{src}\n{dst}\n{timestamp}\n{nonce}\n{length}\n".encode("ascii"))
+    return mac.hexdigest()
+
+
 def sign_headers(secret: bytes, src: str, dst: str, body: bytes | bytearray | memoryview,
                  now: float | None = None) -> dict[str, str]:
     """The headers that authenticate one request (fresh timestamp and nonce every call)."""
@@ -356,6 +351,7 @@ def sign_headers(secret: bytes, src: str, dst: str, body: bytes | bytearray | me
         HEADER_TIME: timestamp,
         HEADER_NONCE: nonce,
         HEADER_SIGNATURE: _mac(secret, src, dst, timestamp, nonce, body),
+        HEADER_HEAD_SIGNATURE: _head_mac(secret, src, dst, timestamp, nonce, memoryview(body).nbytes),
     }
 
 
@@ -366,11 +362,11 @@ class SignedRequest:
     timestamp_ms: int
 
 
-def verify_headers(secret: bytes, headers: Mapping[str, str], local_node: str, known_nodes: Iterable[str],
-                   body: bytes | bytearray | memoryview) -> SignedRequest:
-    """Check a request's signature headers. Raises :class:`WireError` (401/403); replay is checked apart."""
+def _signature_fields(headers: Mapping[str, str], local_node: str, known_nodes: Iterable[str],
+                      names: tuple[str, ...]) -> dict[str, str]:
+    """The named signature headers, present, well-formed and naming a known sender and this node."""
     values = {}
-    for name in (HEADER_FROM, HEADER_TO, HEADER_TIME, HEADER_NONCE, HEADER_SIGNATURE):
+    for name in names:
         value = headers.get(name)
         if value is None:
             raise WireError(401, f"unsigned request (no {name} header)")
@@ -381,8 +377,35 @@ def verify_headers(secret: bytes, headers: Mapping[str, str], local_node: str, k
     if dst != local_node:
         raise WireError(403, f"request addressed to {dst[:64]!r}, this is node {local_node!r}")
     if not TIMESTAMP.match(values[HEADER_TIME]) or not NONCE.match(values[HEADER_NONCE]) \
-            or not SIGNATURE.match(values[HEADER_SIGNATURE]):
+            or not all(SIGNATURE.match(values[name]) for name in (HEADER_SIGNATURE, HEADER_HEAD_SIGNATURE) if name in values):
         raise WireError(401, "malformed signature headers")
+    return values
+
+
+_BODY_SIGNED = (HEADER_FROM, HEADER_TO, HEADER_TIME, HEADER_NONCE, HEADER_SIGNATURE)
+_HEAD_SIGNED = _BODY_SIGNED + (HEADER_HEAD_SIGNATURE,)
+
+
+def verify_head(secret: bytes, headers: Mapping[str, str], local_node: str, known_nodes: Iterable[str],
+                content_length: int) -> SignedRequest:
+    """Check a request's head signature (headers and claimed body length) before reading the body.
+
+    Raises :class:`WireError` (401/403). The body signature is checked apart, once the body is in
+    (:func:`verify_headers`); replay by :class:`ReplayGuard`.
+    """
+    values = _signature_fields(headers, local_node, known_nodes, _HEAD_SIGNED)
+    src, dst = values[HEADER_FROM], values[HEADER_TO]
+    expected = _head_mac(secret, src, dst, values[HEADER_TIME], values[HEADER_NONCE], content_length)
+    if not hmac.compare_digest(expected, values[HEADER_HEAD_SIGNATURE]):
+        raise WireError(401, f"bad signature from {src!r}")
+    return SignedRequest(src, values[HEADER_NONCE], int(values[HEADER_TIME]))
+
+
+def verify_headers(secret: bytes, headers: Mapping[str, str], local_node: str, known_nodes: Iterable[str],
+                   body: bytes | bytearray | memoryview) -> SignedRequest:
+    """Check a request's signature headers. Raises :class:`WireError` (401/403); replay is checked apart."""
+    values = _signature_fields(headers, local_node, known_nodes, _BODY_SIGNED)
+    src, dst = values[HEADER_FROM], values[HEADER_TO]
     expected = _mac(secret, src, dst, values[HEADER_TIME], values[HEADER_NONCE], body)
     if not hmac.compare_digest(expected, values[HEADER_SIGNATURE]):
         raise WireError(401, f"bad signature from {src!r}")

@@ -18,7 +18,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from p2pgan.config.schema import STRATEGIES
+from p2pgan.strategies.catalogue import STRATEGIES, strategy_class
 from p2pgan.errors import ConfigError, P2PGanError
 
 COLUMNS = ("domain", "strategy", "accuracy", "f1", "gen_score", "fid", "ari", "sim_s_per_iter", "wall_s", "status")
@@ -47,6 +47,15 @@ def parse_strategies(text: str, source: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(source, "--strategies", "a strategy is listed twice")
     return names
+
+
+def with_strategy(scenario, name: str):
+    """``scenario`` under strategy ``name``, carrying over only the options ``name`` has."""
+    import dataclasses
+
+    accepted = strategy_class(name).Options.__pydantic_fields__
+    options = {k: v for k, v in scenario.strategy.options.items() if k in accepted}
+    return dataclasses.replace(scenario, strategy=dataclasses.replace(scenario.strategy, name=name, options=options))
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -84,7 +93,8 @@ def run_comparison(file: Path, strategies: list[str], overrides: list[str], out:
 
     results = []
     for name in strategies:
-        scenario = load_scenario(file, [*overrides, f"strategy.name={name}", f"output.dir={out / name}"])
+        scenario = load_scenario(file, [*overrides, f"output.dir={out / name}"])
+        scenario = with_strategy(scenario, name)
         observers = [] if quiet else [PlainProgress(stream)]
         try:
             outcome = run_scenario(scenario, observers)

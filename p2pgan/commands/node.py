@@ -43,8 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
+    from p2pgan.config.loader import check_duration
     from p2pgan.run import processes as multiprocess
 
+    check_duration(args.wait_s, "--wait-s", source="node serve")
     if args.control == "stdio":
         _exit_now(multiprocess.serve_controlled(args.node))
     if args.scenario is None:
@@ -52,10 +54,11 @@ def serve_command(args: argparse.Namespace) -> int:
     if args.peers is None:
         raise ConfigError("node serve", "--peers", "required: a YAML file mapping every node id to http://HOST:PORT")
     from p2pgan.config import load_scenario
+    from p2pgan.ui.progress import PlainProgress
 
     scenario = load_scenario(args.scenario, [*args.overrides, "transport.kind=http"])
     code = multiprocess.serve_standalone(scenario, args.node, args.peers, _listen(args.listen), args.secret_file,
-                                         args.wait_s)
+                                         args.wait_s, server_progress=PlainProgress)
     _exit_now(code)
     return code
 

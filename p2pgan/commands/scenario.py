@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, default=None, help="results folder (overrides output.dir)")
     run.add_argument("--live", dest="live", action="store_true", default=None, help="force the live dashboard")
     run.add_argument("--no-live", dest="live", action="store_false", help="plain line-by-line progress")
+    run.add_argument("--force", action="store_true", help="clear a previous run's results folder first")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="torch intra-op threads (default: torch's choice; 1 is faster for tiny models on busy machines)")
     run.set_defaults(func=run_command)
@@ -47,29 +48,35 @@ def scenario_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    from p2pgan.strategies.catalogue import strategy_for
+
     scenario = load_scenario(args.file, args.overrides)
+    strategy_for(scenario)  # the strategy's own section, checked against its options
     print(f"{args.file}: ok ({scenario.num_clients} clients over {', '.join(scenario.domains)}; "
           f"strategy {scenario.strategy.name}; {scenario.training.rounds} rounds)")
     return 0
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from p2pgan.ui.progress import PlainProgress
+    from p2pgan.run.folder import claim_results_dir
+    from p2pgan.run.processes import run_processes
     from p2pgan.run.session import run_scenario
+    from p2pgan.strategies.catalogue import strategy_for
+    from p2pgan.ui.progress import PlainProgress
 
     scenario = load_scenario(args.file, scenario_overrides(args))
+    strategy_for(scenario)
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
-    if scenario.transport.processes:
-        from p2pgan.run.processes import run_processes  # provided by the HTTP transport work
-
-        outcome = run_processes(scenario)
-    else:
-        live = sys.stdout.isatty() if args.live is None else args.live
-        observers = [_live_view(scenario)] if live else [PlainProgress()]
-        outcome = run_scenario(scenario, observers)
+    with claim_results_dir(scenario.results_dir, force=args.force, resume=False, source=str(args.file)):
+        if scenario.transport.processes:
+            outcome = run_processes(scenario)
+        else:
+            live = sys.stdout.isatty() if args.live is None else args.live
+            observers = [_live_view(scenario)] if live else [PlainProgress()]
+            outcome = run_scenario(scenario, observers)
     if outcome.status == "completed":
         print(f"results: {scenario.results_dir}")
         return 0

@@ -1,4 +1,4 @@
-"""Client data partitions (DESIGN §1.4), deterministic by seed.
+"""Client data partitions (docs/design.md §1.4), deterministic by seed.
 
 For ``iid``, ``non-iid`` and ``highly-non-iid`` a domain's train set is
 
@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+
+from p2pgan.ids import client_id
 import torch
 
 __all__ = [
@@ -282,7 +284,7 @@ def partition_clients(
         else:
             parts = _table_partition(domain, n, labels, kind, rngs, base, nc)
         for idx, excl, ratio in parts:
-            cid = f"c{next_id:03d}"
+            cid = client_id(next_id)
             next_id += 1
             if len(idx) == 0:
                 raise ValueError(

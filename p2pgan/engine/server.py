@@ -15,10 +15,11 @@ from p2pgan.engine.port import NodePort
 from p2pgan.plan.setup import NodeSetup
 from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
 from p2pgan.bus import EventBus
-from p2pgan.protocol.events import AggregationDone
-from p2pgan.protocol.federation import ClientUpdate, FederationInput, FederationResult
-from p2pgan.federation.base import FederationStrategy
-from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, NETWORKS, NetworkDef, build_initial_blocks
+from p2pgan.protocol.events import RoundAggregated
+from p2pgan.protocol.federation import Aggregator, ClientUpdate, FederationInput, FederationResult
+
+from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef, build_initial_blocks
+from p2pgan.plan.program import BWD, FWD, Exchange, Local, LocalAction, Program, RoundTrip, network_split
 from p2pgan.protocol.endpoint import Endpoint
 
 
@@ -34,8 +35,8 @@ class _PhaseGraph:
 class ServerNode:
     """Runs every middle block once per phase over the concatenation of its clients' batches."""
 
-    def __init__(self, setup: NodeSetup, plan: RunPlan, strategy: FederationStrategy, num_domains: int,
-                 endpoint: Endpoint, bus: EventBus) -> None:
+    def __init__(self, setup: NodeSetup, plan: RunPlan, strategy: Aggregator, num_domains: int,
+                 endpoint: Endpoint, bus: EventBus, program: Program) -> None:
         self.node_id = SERVER_ID
         self._setup = setup
         self._plan = plan
@@ -44,10 +45,10 @@ class ServerNode:
         self._bus = bus
         blocks = build_initial_blocks(setup.model, setup.seed)
         self.blocks = {name: blocks[name] for name in plan.server_blocks()}
-        self._g_opt = setup.adam([p for n, b in self.blocks.items() if n in GENERATOR.block_names for p in b.parameters()])
-        self._d_opt = setup.adam([p for n, b in self.blocks.items() if n in DISCRIMINATOR.block_names for p in b.parameters()])
-        self._g_clients = plan.clients_through(GENERATOR)
-        self._d_clients = plan.clients_through(DISCRIMINATOR)
+        self._program = program
+        self._optimizers = {net.name: setup.adam([p for n, b in self.blocks.items() if n in net.block_names
+                                                   for p in b.parameters()]) for net in NETWORKS}
+        self._clients = {net.name: plan.clients_through(net) for net in NETWORKS}
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
@@ -57,21 +58,25 @@ class ServerNode:
 
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)
-        g_graph = await self._forward(GENERATOR, self._g_clients, Phase.G_FWD)
-        fake_graph = await self._forward(DISCRIMINATOR, self._d_clients, Phase.D_FAKE)
-        real_graph = await self._forward(DISCRIMINATOR, self._d_clients, Phase.D_REAL)
-        if self._d_opt is not None:
-            self._d_opt.zero_grad(set_to_none=True)
-        await self._backward(self._d_clients, Phase.D_BWD, {"fake": fake_graph, "real": real_graph})
-        if self._d_opt is not None:
-            self._d_opt.step()
-        adv_graph = await self._forward(DISCRIMINATOR, self._d_clients, Phase.G_ADV)
-        await self._backward(self._d_clients, Phase.G_ADV_BWD, {"grad": adv_graph})
-        if self._g_opt is not None:
-            self._g_opt.zero_grad(set_to_none=True)
-        await self._backward(self._g_clients, Phase.G_BWD, {"grad": g_graph})
-        if self._g_opt is not None:
-            self._g_opt.step()
+        graphs: dict[Phase, _PhaseGraph] = {}
+        for action in self._program.iteration:
+            if isinstance(action, Exchange):
+                for trip in action.trips:
+                    clients = self._clients[trip.network.name]
+                    if trip.direction == FWD:
+                        graphs[trip.phase] = await self._forward(trip, clients)
+                    else:
+                        await self._backward(trip, clients, {name: graphs[phase] for name, phase in trip.grad_of})
+            elif isinstance(action, Local):
+                optimizer = self._optimizers.get(action.network.name) if action.network is not None else None
+                if optimizer is None:
+                    continue
+                if action.action is LocalAction.ZERO_GRAD:
+                    optimizer.zero_grad(set_to_none=True)
+                elif action.action is LocalAction.STEP:
+                    optimizer.step()
+            else:
+                raise TypeError(f"the split server cannot execute {type(action).__name__}")
 
     async def federate(self, round_: int) -> FederationResult:
         self._port.at(round_, ROUND_LEVEL_STEP)
@@ -99,12 +104,13 @@ class ServerNode:
         for client in self._plan.clients:
             await self._port.send(self._port.message(MessageKind.AGGREGATE, client.client_id, Phase.FEDERATE,
                                                      flatten_blocks(result.client_blocks[client.client_id])))
-        self._bus.publish(AggregationDone(round_, result, losses))
+        self._bus.publish(RoundAggregated(round_, result, losses))
         return result
 
     # -- batched middle ---------------------------------------------------------------------
 
-    async def _forward(self, net: NetworkDef, clients: tuple[ClientPlan, ...], phase: Phase) -> _PhaseGraph:
+    async def _forward(self, trip: RoundTrip, clients: tuple[ClientPlan, ...]) -> _PhaseGraph:
+        net, phase = trip.network, trip.phase
         graph = _PhaseGraph()
         if not clients:
             return graph
@@ -113,7 +119,7 @@ class ServerNode:
             graph.leaves[client.client_id] = msg.tensors["act"].requires_grad_(True)
         self._port.state("computing")
         flowing: dict[str, torch.Tensor] = {}
-        record_features = phase is Phase.D_REAL
+        record_features = trip.features
         for name in net.block_names:
             # Client-id order, never arrival order: that is what keeps every transport bit-identical.
             users = [c.client_id for c in clients if name in self._server_part(c, net)]
@@ -127,16 +133,17 @@ class ServerNode:
                 if record_features and name == self._feature_block:
                     self._features[c] = chunk.detach()
             graph.samples_per_block[name] = sum(sizes)
-        self._port.computed(tuple(graph.samples_per_block), phase, "fwd",
-                            sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, "fwd"))
+        self._port.computed(tuple(graph.samples_per_block), phase, FWD,
+                            sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))
         for client in clients:
             graph.outputs[client.client_id] = flowing[client.client_id]
             await self._port.send(self._port.message(MessageKind.ACTIVATION, client.client_id, phase,
                                                      {"act": flowing[client.client_id].detach()}))
         return graph
 
-    async def _backward(self, clients: tuple[ClientPlan, ...], phase: Phase, graphs: dict[str, _PhaseGraph]) -> None:
+    async def _backward(self, trip: RoundTrip, clients: tuple[ClientPlan, ...], graphs: dict[str, _PhaseGraph]) -> None:
         """Once every participant's output gradient is in, back-propagate the batched graphs."""
+        phase = trip.phase
         if not clients:
             return
         outputs, grads = [], []
@@ -152,14 +159,14 @@ class ServerNode:
             for name, count in graph.samples_per_block.items():
                 samples[name] = samples.get(name, 0) + count
         batch = sum(x.shape[0] for g in graphs.values() for x in g.leaves.values())
-        self._port.computed(tuple(samples), phase, "bwd", batch, self._flops(samples, "bwd"))
+        self._port.computed(tuple(samples), phase, BWD, batch, self._flops(samples, BWD))
         for client in clients:
             tensors = {name: graph.leaves[client.client_id].grad for name, graph in graphs.items()}
             await self._port.send(self._port.message(MessageKind.GRADIENT, client.client_id, phase, tensors))
 
     @staticmethod
     def _server_part(client: ClientPlan, net: NetworkDef) -> tuple[str, ...]:
-        return (client.split.generator if net is GENERATOR else client.split.discriminator).server
+        return network_split(client.split, net).server
 
     def _flops(self, samples_per_block: dict[str, int], direction: str) -> float:
         costs = self._setup.costs

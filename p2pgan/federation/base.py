@@ -1,14 +1,11 @@
-"""The federation strategy interface and the averaging helpers every strategy shares."""
+"""The averaging helpers every strategy's aggregation shares."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
-
+from collections.abc import Mapping, Sequence
 import torch
 
-from p2pgan.protocol.federation import BlockState, ClientUpdate, FederationInput, FederationResult
+from p2pgan.protocol.federation import BlockState, FederationInput, FederationResult
 
 
 def weighted_average(states: Sequence[BlockState], weights: Sequence[float]) -> BlockState:
@@ -26,7 +23,7 @@ def weighted_average(states: Sequence[BlockState], weights: Sequence[float]) -> 
 
 
 def average_cluster(inputs: FederationInput, members: Sequence[str], weights: Mapping[str, float]) -> dict[str, BlockState]:
-    """Per block of the whole model, Σ w_i·θ_i over ``members`` (own or server copy per DESIGN §1.3)."""
+    """Per block of the whole model, Σ w_i·θ_i over ``members`` (own or server copy per docs/design.md §1.3)."""
     return {
         block: weighted_average([inputs.layer_copy(c, block) for c in members], [weights[c] for c in members])
         for block in inputs.all_blocks
@@ -50,33 +47,20 @@ def distribute(inputs: FederationInput, clusters: Mapping[str, int],
     return FederationResult(client_blocks, server_blocks, dict(clusters), dict(cluster_models))
 
 
-class FederationStrategy(ABC):
-    name: ClassVar[str]
-
-    @abstractmethod
-    def aggregate(self, inputs: FederationInput) -> FederationResult:
-        """Combine the round's client and server copies into what everyone continues with."""
-
-
-_REGISTRY: dict[str, Callable[..., FederationStrategy]] = {}
+def keep_own(inputs: FederationInput) -> FederationResult:
+    """No averaging: every client keeps exactly what it sent (each its own cluster)."""
+    ids = list(inputs.updates)
+    models = {i: {b: dict(inputs.layer_copy(c, b)) for b in inputs.all_blocks} for i, c in enumerate(ids)}
+    result = distribute(inputs, {c: i for i, c in enumerate(ids)}, models, models[0])
+    result.details["note"] = "no averaging"
+    return result
 
 
-def register_strategy(name: str) -> Callable[[type[FederationStrategy]], type[FederationStrategy]]:
-    def decorate(cls: type[FederationStrategy]) -> type[FederationStrategy]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
-
-
-def create_strategy(name: str, **options: Any) -> FederationStrategy:
-    import p2pgan.federation.fedavg  # noqa: F401  (registers the built-ins)
-
-    try:
-        import p2pgan.federation.huscf  # noqa: F401
-    except ImportError:
-        pass
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown federation strategy {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name](**options)
+def size_weighted_fedavg(inputs: FederationInput) -> FederationResult:
+    """Every client in one cluster; every layer averaged with weights n_i / Σ n."""
+    members = list(inputs.updates)
+    weights = size_weights(inputs, members)
+    model = average_cluster(inputs, members, weights)
+    result = distribute(inputs, {c: 0 for c in members}, {0: model}, model)
+    result.details["weights"] = weights
+    return result

@@ -1,10 +1,10 @@
-"""Client clustering of HuSCF-GAN (DESIGN §1.3 step 1), made robust to cut placement (§4).
+"""Client clustering of HuSCF-GAN (docs/design.md §1.3 step 1), made robust to cut placement (§4.5).
 
 Feature of client *i*: ``f_i = mean_b flatten(A_i[b])`` where ``A_i`` is its activation at the
 output of the server's D middle block, ``[B, C, H, W]`` (a 1-D tensor is taken as ``f_i``
 itself). KMeans (``n_init=10``, fixed ``random_state``) groups the ``f_i``.
 
-Pitfall (DESIGN §4): with heterogeneous cuts, a client that runs D's movable head block locally
+Pitfall (docs/design.md §4.5): with heterogeneous cuts, a client that runs D's movable head block locally
 feeds the server different statistics than one that offloads it (different BatchNorm grouping,
 different weights), so raw features can separate clients by *cut* rather than by *domain*.
 Pre-processing, applied in this order, each optional:

@@ -1,4 +1,4 @@
-"""HuSCF-GAN's clustered, KLD-weighted federation (DESIGN §1.3) and its two ablations.
+"""HuSCF-GAN's clustered, KLD-weighted federation (docs/design.md §1.3) and its two ablations.
 
 At the end of every round the server holds, for each client, the output of its always-shared D
 middle block from the round's last real-data D pass (``FederationInput.features``). From those:
@@ -11,7 +11,7 @@ middle block from the round's last real-data D pass (``FederationInput.features`
    * ``cluster_feature: covariance`` (default): the channel covariance over all samples and
      positions (upper triangle) — second-order "style" statistics of the domain;
    * ``cluster_feature: correlation``: the same, normalised to correlations;
-   * ``cluster_feature: mean``: the batch mean of the flattened activation, DESIGN §1.3 literally.
+   * ``cluster_feature: mean``: the batch mean of the flattened activation, docs/design.md §1.3 literally.
 
    Why not the batch mean by default: D's head consumes the label (a learned label plane), so the
    batch mean moves with *which classes a client holds*. On non-IID partitions, clients that lack
@@ -22,7 +22,7 @@ middle block from the round's last real-data D pass (``FederationInput.features`
    and covariance features with 0.97 (94%); on the four-domain run alone 0.48, 0.85 and 0.93.
    The KLD scores below still use the batch mean, exactly as specified.
 
-   Cut placement (DESIGN §4 pitfall): the only cut bit that changes what reaches the D middle is
+   Cut placement (docs/design.md §4.5 pitfall): the only cut bit that changes what reaches the D middle is
    ``d_head`` (whether D's movable head block ran on the client, normalising over its own batch,
    or batched on the server). When both ``d_head`` groups have at least two members *and* the
    features' dominant two-way KMeans split matches the groups (ARI ≥ 0.5: the features are
@@ -58,23 +58,10 @@ from typing import Any, Literal
 
 import torch
 
-from p2pgan.protocol.federation import FederationInput, FederationResult
-
-from p2pgan.federation.base import (
-
-    FederationStrategy,
-
-    average_cluster,
-
-    distribute,
-
-    register_strategy,
-
-    size_weights,
-
-)
+from p2pgan.federation.base import average_cluster, distribute, size_weights
 from p2pgan.federation.clustering import cluster_clients, natural_key
 from p2pgan.federation.kld import client_weights
+from p2pgan.protocol.federation import FederationInput, FederationResult
 
 CUT_DRIVEN_ARI = 0.5
 """Centre features per cut group only when a two-way KMeans split matches the groups this well."""
@@ -136,7 +123,7 @@ def correlation_feature(activation: torch.Tensor) -> torch.Tensor:
 
 def clustering_features(features: Mapping[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:
     """What KMeans sees per client: the channel covariance (default), correlation, or the batch
-    mean of the activation (``mean``: DESIGN §1.3 literally)."""
+    mean of the activation (``mean``: docs/design.md §1.3 literally)."""
     if kind == "mean":
         return dict(features)
     if kind == "covariance":
@@ -148,7 +135,7 @@ def clustering_features(features: Mapping[str, torch.Tensor], kind: str) -> dict
 
 def cut_driven(features: Mapping[str, torch.Tensor], groups: Mapping[str, int], seed: int,
                threshold: float = CUT_DRIVEN_ARI) -> bool:
-    """Whether the features' dominant two-way split is the ``d_head`` split (the DESIGN §4 pitfall):
+    """Whether the features' dominant two-way split is the ``d_head`` split (the docs/design.md §4.5 pitfall):
     KMeans with k=2 agrees with the cut groups at adjusted Rand index ``threshold`` or more."""
     from sklearn.metrics import adjusted_rand_score
 
@@ -157,15 +144,18 @@ def cut_driven(features: Mapping[str, torch.Tensor], groups: Mapping[str, int], 
     return adjusted_rand_score([groups[c] for c in ids], [two[c] for c in ids]) >= threshold
 
 
-class ClusteredKLDStrategy(FederationStrategy):
-    """Shared machinery: optional clustering, KLD or size weights, per-cluster averaging."""
+class ClusteredKLD:
+    """HuSCF's aggregation: optional clustering, KLD or size weights, per-cluster averaging.
 
-    use_clusters: bool = True
-    use_kld: bool = True
+    ``use_clusters=False`` is the one-cluster ablation, ``use_kld=False`` the size-weight one.
+    """
 
-    def __init__(self, kld_alpha: float = 1.0, clusters: int | Literal["auto"] | None = None,
+    def __init__(self, name: str, kld_alpha: float = 1.0, clusters: int | Literal["auto"] | None = None,
                  warmup_rounds: int = 2, seed: int = 0, cut_centering: bool = True,
-                 cluster_feature: str = "covariance", **_: object) -> None:
+                 cluster_feature: str = "covariance", use_clusters: bool = True, use_kld: bool = True) -> None:
+        self.name = name
+        self.use_clusters = use_clusters
+        self.use_kld = use_kld
         self.kld_alpha = float(kld_alpha)
         self.k = clusters
         self.warmup_rounds = int(warmup_rounds)
@@ -245,42 +235,3 @@ def _average_server_blocks(inputs: FederationInput, ids: list[str], weights: Map
 
 def _rounded(values: Mapping[str, float], digits: int = 6) -> dict[str, float]:
     return {c: round(float(v), digits) for c, v in values.items()}
-
-
-@register_strategy("huscf")
-class HuSCF(ClusteredKLDStrategy):
-    """The method: clusters from D-middle features, KLD weights in-cluster and globally."""
-
-
-@register_strategy("huscf-no-kld")
-class HuSCFNoKLD(ClusteredKLDStrategy):
-    """Ablation: clustering kept, size weights ``n_i / Σ n`` instead of KLD weights."""
-
-    use_kld = False
-
-
-@register_strategy("huscf-no-cluster")
-class HuSCFNoCluster(ClusteredKLDStrategy):
-    """Ablation: KLD weights kept, every client in one cluster (global = cluster weights)."""
-
-    use_clusters = False
-
-
-@register_strategy("centralized")
-class PassThrough(FederationStrategy):
-    """No averaging: every client keeps exactly what it sent (the centralized baseline's one client)."""
-
-    def __init__(self, **_: object) -> None:
-        pass
-
-    def aggregate(self, inputs: FederationInput) -> FederationResult:
-        ids = list(inputs.updates)
-        if len(ids) == 1:
-            (cid,) = ids
-            model = {block: dict(inputs.layer_copy(cid, block)) for block in inputs.all_blocks}
-            result = distribute(inputs, {cid: 0}, {0: model}, model)
-        else:  # several clients: each its own cluster, nothing mixed
-            models = {i: {b: dict(inputs.layer_copy(c, b)) for b in inputs.all_blocks} for i, c in enumerate(ids)}
-            result = distribute(inputs, {c: i for i, c in enumerate(ids)}, models, models[0])
-        result.details["note"] = "no averaging"
-        return result

@@ -1,4 +1,4 @@
-r"""KLD-based aggregation weights of HuSCF-GAN (DESIGN §1.3, steps 2 and 3). Pure functions.
+r"""KLD-based aggregation weights of HuSCF-GAN (docs/design.md §1.3, steps 2 and 3). Pure functions.
 
 Notation: client *i* sends activations ``A_i`` of shape ``[B, C, H, W]`` (the server's D middle
 output on the last real-data pass of the round).

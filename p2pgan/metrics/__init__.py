@@ -1,4 +1,4 @@
-"""Evaluation of generators (DESIGN §1.5): judge classifier, scores, plots."""
+"""Evaluation of generators (docs/design.md §1.5): judge classifier, scores, plots."""
 
 from .classifier import (
     ARCH_VERSION,

@@ -1,4 +1,4 @@
-"""The small evaluation CNN of DESIGN §1.5 and a disk cache for its trained weights.
+"""The small evaluation CNN of docs/design.md §1.5 and a disk cache for its trained weights.
 
 Architecture (``ARCH_VERSION``): ``conv(32, 3x3, pad 1) -> ReLU -> maxpool 2 -> conv(64, 3x3,
 pad 1) -> ReLU -> maxpool 2 -> flatten -> fc128 -> ReLU -> fc(num_classes)``. The fc128 output
@@ -49,7 +49,7 @@ def as_model_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 class DomainClassifier(nn.Module):
-    """conv32-3 → pool → conv64-3 → pool → fc128 → fc10 (DESIGN §1.5)."""
+    """conv32-3 → pool → conv64-3 → pool → fc128 → fc10 (docs/design.md §1.5)."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
         super().__init__()

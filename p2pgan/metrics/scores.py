@@ -1,4 +1,4 @@
-"""Evaluation metrics of DESIGN §1.5: generation score, classification utility, FID, ARI.
+"""Evaluation metrics of docs/design.md §1.5: generation score, classification utility, FID, ARI.
 
 The generator under test is a plain callable ``generate(labels, z) -> images`` (labels
 ``LongTensor [N]``, z ``FloatTensor [N, z_dim]``, images float ``[N, C, H, W]`` in [-1, 1]), so

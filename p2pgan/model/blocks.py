@@ -1,4 +1,4 @@
-"""The conditional GAN of DESIGN §1.1 as ordered lists of blocks.
+"""The conditional GAN of docs/design.md §1.1 as ordered lists of blocks.
 
 Nothing here knows about clients or servers: a network is a list of named blocks plus a
 :class:`CutLayout` saying how many blocks at each end are pinned to the client and how many may

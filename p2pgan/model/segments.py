@@ -14,7 +14,7 @@ from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, NETWORKS, Block, Netwo
 
 @dataclass(frozen=True)
 class ClientCut:
-    """How many movable blocks a client keeps at each end of G and D (DESIGN §1.1 cut bits)."""
+    """How many movable blocks a client keeps at each end of G and D (docs/design.md §1.1 cut bits)."""
 
     g_head: int
     g_tail: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -61,3 +62,23 @@ class PreparedRun:
             infos.append(NodeInfo(client.client_id, "client", record.domain, client.cut.as_tuple(),
                                   profiles.get(client.client_id), client.num_examples))
         return tuple(infos)
+
+
+def client_domains(records) -> dict[str, tuple[str, ...]]:
+    """The domains each client's data comes from (a pooled client lists several)."""
+    return {r.client_id: tuple(r.domain.split("+")) for r in records}
+
+
+def speaking_clusters(clusters: Mapping[str, int], domains_of: Mapping[str, tuple[str, ...]],
+                      domains: tuple[str, ...]) -> dict[str, int]:
+    """Per domain, the cluster holding most of its clients (lowest id on ties)."""
+    votes: dict[str, Counter[int]] = defaultdict(Counter)
+    for cid, cluster in clusters.items():
+        for domain in domains_of.get(cid, ()):
+            votes[domain][int(cluster)] += 1
+    fallback = Counter(int(c) for c in clusters.values())
+    out = {}
+    for domain in domains:
+        counter = votes.get(domain) or fallback
+        out[domain] = min(counter, key=lambda k: (-counter[k], k))
+    return out

@@ -46,7 +46,7 @@ class Schedule:
         """One epoch = enough synchronous steps for the largest client to see its data once.
 
         Smaller clients cycle through fresh permutations of their data meanwhile, because every
-        iteration is synchronous across all clients (DESIGN §1.1).
+        iteration is synchronous across all clients (docs/design.md §1.1).
         """
         steps = max(math.ceil(n / batch_size) for n in sizes)
         if max_batches_per_epoch is not None:

@@ -132,9 +132,29 @@ class ClientLosses:
 
 
 @dataclass(frozen=True)
-class AggregationDone:
+class RoundAggregated:
     """Published by the server after each round's federation."""
 
     round: int
     result: "FederationResult"
     losses: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class RoundClosed:
+    """One round, closed: the server's aggregation plus every extension's section for it.
+
+    Published by the run's round closer once each extension (metrics, latency) has answered;
+    the results writer and the live views consume this, never the raw aggregation.
+    ``details`` is a new mapping (the aggregation's facts with the sections merged in); nothing
+    that was published before is mutated.
+    """
+
+    round: int
+    result: "FederationResult"
+    losses: dict[str, dict[str, float]]
+    details: dict[str, Any]
+    sections: dict[str, dict[str, Any]]
+    simulated_s: float | None = None
+    """Simulated seconds of the run after this round (the latency extension's estimate)."""
+    wall_s: float | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -60,3 +60,9 @@ class FederationResult:
     """JSON-serialisable facts for the results (weights, KLD scores...)."""
 
 
+
+
+class Aggregator(Protocol):
+    """What the server calls at round end (every strategy is one)."""
+
+    def aggregate(self, inputs: FederationInput) -> FederationResult: ...

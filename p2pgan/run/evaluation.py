@@ -1,7 +1,8 @@
-"""Metrics during and after a run (DESIGN §1.5), written into the results folder.
+"""Metrics during and after a run (docs/design.md §1.5), written into the results folder.
 
-:func:`metrics_extension` is attached by the session in the process that hosts the server. It
-observes ``AggregationDone`` events and, every ``metrics.every`` rounds and at the last round:
+:func:`metrics_extension` gives the session an extension for the process that hosts the server.
+The round closer (:mod:`p2pgan.run.closer`) asks it for each round's section, off the event
+loop; every ``metrics.every`` rounds and at the last round it:
 
 * builds each domain's generator from the round's ``cluster_models``. The cluster that speaks for
   a domain is the one holding most of that domain's clients (lowest cluster id on ties); a client
@@ -14,9 +15,9 @@ observes ``AggregationDone`` events and, every ``metrics.every`` rounds and at t
   features of the real test split and of those samples, plus the adjusted Rand index of the
   round's clusters against the true domains;
 * appends them to ``metrics.csv`` and ``metrics.jsonl``, writes ``samples/round-<r>/<domain>.png``
-  and redraws ``gen_scores.png``; and puts ``{domain: {"gen_score", "fid"}}`` into
-  ``result.details["metrics"]`` (and the ARI into ``details["ari"]``) *before* the other
-  observers see the event, so ``rounds.jsonl`` and the live view carry them.
+  and redraws ``gen_scores.png``; its section ``{"metrics": {domain: {"gen_score", "fid"}},
+  "ari": ...}`` goes into the round's ``RoundClosed`` record, so ``rounds.jsonl`` and the live
+  view carry them.
 
 When the run completes, the returned finisher evaluates the last round's generators in full —
 generation score, FID, and the classification utility (a fresh CNN trained only on
@@ -26,11 +27,9 @@ macro precision, recall, F1 and macro FPR, in %) — and writes ``final_metrics.
 
 Metrics never change training: every random draw comes from generators seeded from the scenario
 seed and the domain (:func:`p2pgan.metrics.derive_seed`), model construction happens inside
-``fork_rng``, and nothing is sent to any node. The evaluation runs synchronously in the server's
-process, so every node waits for it, under the transport's receive timeout: the judges are
-therefore prepared before the run starts, and a round whose metrics take more than half of
-``transport.timeout_s`` logs a warning (for large models and many domains raise the timeout or
-``metrics.every``, or lower ``metrics.score_samples``).
+``fork_rng``, and nothing is sent to any node. A round's evaluation runs on the round closer's
+worker thread while training goes on, so no peer waits for it; the judges are prepared before
+the run starts.
 """
 
 from __future__ import annotations
@@ -40,16 +39,13 @@ import json
 import os
 import time
 import traceback
-from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from p2pgan.protocol.events import AggregationDone
 from p2pgan.bus import EventBus
-from p2pgan.protocol.events import LogEvent
-
-Finisher = Callable[[str], dict[str, Any]]
+from p2pgan.plan.nodedata import client_domains, speaking_clusters
+from p2pgan.protocol.events import LogEvent, RoundAggregated
 
 CSV_FIELDS = ("round", "domain", "cluster", "gen_score", "fid", "ari")
 FINAL_FIELDS = ("domain", "cluster", "gen_score", "fid", "accuracy", "precision", "recall", "f1", "fpr",
@@ -59,26 +55,6 @@ FINAL_FIELDS = ("domain", "cluster", "gen_score", "fid", "accuracy", "precision"
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "p2pgan" / "classifiers"
-
-
-def client_domains(records) -> dict[str, tuple[str, ...]]:
-    """The domains each client's data comes from (a pooled client lists several)."""
-    return {r.client_id: tuple(r.domain.split("+")) for r in records}
-
-
-def speaking_clusters(clusters: Mapping[str, int], domains_of: Mapping[str, tuple[str, ...]],
-                      domains: tuple[str, ...]) -> dict[str, int]:
-    """Per domain, the cluster holding most of its clients (lowest id on ties)."""
-    votes: dict[str, Counter[int]] = defaultdict(Counter)
-    for cid, cluster in clusters.items():
-        for domain in domains_of.get(cid, ()):
-            votes[domain][int(cluster)] += 1
-    fallback = Counter(int(c) for c in clusters.values())
-    out = {}
-    for domain in domains:
-        counter = votes.get(domain) or fallback
-        out[domain] = min(counter, key=lambda k: (-counter[k], k))
-    return out
 
 
 def clustering_ari(clusters: Mapping[str, int], domains_of: Mapping[str, tuple[str, ...]]) -> float | None:
@@ -111,7 +87,7 @@ class RunEvaluator:
         self.rounds = prepared.plan.schedule.rounds
         self.history: dict[str, dict[int, float]] = {d: {} for d in self.domains}
         self.per_round: list[dict[str, Any]] = []
-        self.last_event: AggregationDone | None = None
+        self.last_event: RoundAggregated | None = None
         self.disabled_reason: str | None = None
         self._judges: dict[str, Any] = {}
         self._tests: dict[str, Any] = {}
@@ -158,31 +134,24 @@ class RunEvaluator:
 
     # -- per round ----------------------------------------------------------------------------
 
-    def __call__(self, event: object) -> None:
-        if not isinstance(event, AggregationDone):
-            return
+    name = "metrics"
+
+    def round_section(self, event: RoundAggregated) -> dict[str, Any]:
+        """Every ``metrics.every`` rounds and at the last: generation score, FID, ARI (off the loop)."""
         self.last_event = event
         if self.disabled_reason is not None:
-            return
+            return {}
         if event.round % self.spec.every and event.round != self.rounds:
-            return
+            return {}
         try:
-            started = time.perf_counter()
-            self.evaluate_round(event)
-            took = time.perf_counter() - started
-            limit = self.prepared.scenario.transport.timeout_s
-            if took > 0.5 * limit:
-                self.bus.publish(LogEvent(
-                    f"round {event.round} metrics took {took:.0f}s, over half the transport timeout ({limit:g}s) "
-                    "that every node waits under meanwhile: raise transport.timeout_s or metrics.every, or "
-                    "lower metrics.score_samples", "warning"))
+            return self.evaluate_round(event)
         except Exception as exc:  # never let evaluation kill training
             self.disabled_reason = f"{type(exc).__name__}: {exc}"
-            self.bus.publish(LogEvent(f"metrics disabled after an error in round {event.round}: "
-                                      f"{self.disabled_reason}", "error"))
             (self.directory / "metrics_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+            return {"log": [("error", f"metrics disabled after an error in round {event.round}: "
+                                      f"{self.disabled_reason}")]}
 
-    def evaluate_round(self, event: AggregationDone) -> dict[str, Any]:
+    def evaluate_round(self, event: RoundAggregated) -> dict[str, Any]:
         from p2pgan.metrics import evaluate_domain, plot_generation_scores, save_image_grid
 
         result = event.result
@@ -207,13 +176,15 @@ class RunEvaluator:
         with (self.directory / "metrics.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         plot_generation_scores(self.history, self.directory / "gen_scores.png")
-        result.details["metrics"] = {d: {"gen_score": v["gen_score"], "fid": v["fid"]} for d, v in per_domain.items()}
-        if ari is not None:
-            result.details["ari"] = ari
         shown = " ".join(f"{d}={v['gen_score']:.2f}" for d, v in per_domain.items())
-        self.bus.publish(LogEvent(f"round {event.round} generation score {shown}"
-                                  + (f" ARI={ari:.2f}" if ari is not None else "")))
-        return record
+        section: dict[str, Any] = {
+            "metrics": {d: {"gen_score": v["gen_score"], "fid": v["fid"]} for d, v in per_domain.items()},
+            "log": [("info", f"round {event.round} generation score {shown}"
+                             + (f" ARI={ari:.2f}" if ari is not None else ""))],
+        }
+        if ari is not None:
+            section["ari"] = ari
+        return section
 
     def _append_csv(self, round_: int, per_domain: Mapping[str, Mapping[str, Any]], ari: float | None) -> None:
         path = self.directory / "metrics.csv"
@@ -246,7 +217,7 @@ class RunEvaluator:
             self.bus.publish(LogEvent(line))
         return {"metrics": final}
 
-    def final_metrics(self, event: AggregationDone) -> dict[str, Any]:
+    def final_metrics(self, event: RoundAggregated) -> dict[str, Any]:
         from p2pgan.metrics import evaluate_domain
 
         result = event.result
@@ -305,20 +276,19 @@ def _fmt(value: Any) -> str:
     return "" if value is None else repr(round(float(value), 6))
 
 
-def metrics_extension(prepared, bus: EventBus, writer) -> Finisher:
-    """Attach a :class:`RunEvaluator` (if ``metrics.enabled``); return its finisher for the session."""
+def metrics_extension(prepared, bus: EventBus, directory: Path) -> RunEvaluator | None:
+    """A prepared :class:`RunEvaluator` when ``metrics.enabled`` (judges trained before the run)."""
     if not prepared.scenario.metrics.enabled:
-        return lambda status: {}
-    evaluator = RunEvaluator(prepared, bus, Path(writer.directory))
+        return None
+    evaluator = RunEvaluator(prepared, bus, Path(directory))
     try:
         evaluator.prepare()
     except Exception as exc:
         evaluator.disabled_reason = f"{type(exc).__name__}: {exc}"
         bus.publish(LogEvent(f"metrics disabled: cannot prepare the judge classifiers ({evaluator.disabled_reason})",
                              "error"))
-    bus.subscribe(evaluator, first=True)
-    return evaluator.finish
+    return evaluator
 
 
-__all__ = ["RunEvaluator", "client_domains", "clustering_ari", "default_cache_dir", "format_final_table",
+__all__ = ["RunEvaluator", "clustering_ari", "default_cache_dir", "format_final_table",
            "metrics_extension", "speaking_clusters"]

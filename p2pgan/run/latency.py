@@ -1,7 +1,7 @@
 """Simulated latency for a real run: trace it on the bus, price it at the end, write it down.
 
-The session calls :func:`latency_extension` before the run starts (same signature as its other
-extensions) and the returned function when the run ends. The results folder then holds
+The session attaches :class:`LatencyExtension` behind the round closer; when the run ends it
+prices every operation and the results folder holds
 
 * ``latency.json``: the full :class:`~p2pgan.sim.engine.SimReport` (per iteration, per round,
   per node busy seconds and bytes, critical path), the topology and the profile of every node;
@@ -16,18 +16,19 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from p2pgan.ids import SERVER_ID
-from p2pgan.protocol.events import AggregationDone
-from p2pgan.protocol.events import ComputeEvent, SimulatedTime
+from p2pgan.protocol.events import RoundAggregated
+from p2pgan.protocol.events import ComputeEvent
 from p2pgan.bus import EventBus
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
 from p2pgan.topology.profiles import Topology, default_topology_path, load_topology
-from p2pgan.sim.trace import OperationTracer, trace_from_plan
+from p2pgan.plan.program import Broadcast, Program
+from p2pgan.sim.trace import OperationTracer, trace_from_program
 
 
 class _WallClock:
@@ -55,12 +56,13 @@ class _WallClock:
 class _PlannedTrace:
     """Stands in for the tracer where other nodes run elsewhere: the plan's operations per round."""
 
-    def __init__(self, prepared) -> None:
+    def __init__(self, prepared, program: Program) -> None:
         self._prepared = prepared
+        self._program = program
         self._rounds = 0
 
     def __call__(self, event: object) -> None:
-        if isinstance(event, AggregationDone):
+        if isinstance(event, RoundAggregated):
             self._rounds = max(self._rounds, event.round)
 
     def operations(self) -> list:
@@ -69,26 +71,9 @@ class _PlannedTrace:
         plan = self._prepared.plan
         splits = {c.client_id: c.split for c in plan.clients}
         batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
-        return trace_from_plan(splits, self._prepared.setup.costs, batches, plan.schedule.steps_per_round,
-                               include_aggregation=True, rounds=self._rounds)
-
-
-class _LiveSimulatedTime:
-    """Publishes simulated time so far after each round, priced once by the analytic model."""
-
-    def __init__(self, prepared, topology: Topology, assignment: Mapping[str, str], bus: EventBus) -> None:
-        plan = prepared.plan
-        splits = {c.client_id: c.split for c in plan.clients}
-        batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
-        self._per_round = plan.schedule.steps_per_round * analytic_iteration_seconds(
-            splits, prepared.setup.costs, batches, topology, assignment)
-        self._bus = bus
-        self._started = time.perf_counter()
-
-    def __call__(self, event: object) -> None:
-        if isinstance(event, AggregationDone):
-            self._bus.publish(SimulatedTime(event.round, self._per_round * event.round,
-                                            time.perf_counter() - self._started))
+        return trace_from_program(self._program, splits, self._prepared.setup.costs, batches,
+                                  plan.schedule.steps_per_round, include_aggregation=True, rounds=self._rounds,
+                                  server_batch=plan.schedule.batch_size)
 
 
 def write_latency(directory: Path, report: SimReport, topology: Topology, assignment: Mapping[str, str]) -> None:
@@ -131,45 +116,70 @@ def scenario_profiles(prepared) -> dict[str, str]:
     return topology.assign_profiles(list(prepared.plan.client_ids)) if topology is not None else {}
 
 
-def latency_extension(prepared, bus: EventBus, writer, sees_all_nodes: bool = True) -> Callable[[str], dict[str, Any]]:
-    """Attach the tracer to ``bus``; the returned callable prices the run and writes the files.
-
-    ``prepared`` is the run's :class:`~p2pgan.engine.runner.PreparedRun`; ``writer`` its results
-    writer (only ``writer.directory`` is used). Without ``topology:`` in the scenario the paper's
-    edge topology is used. After every round a :class:`~p2pgan.events.SimulatedTime` estimate
-    (the analytic per-iteration time, exact without shared capacities) goes on the bus for live
-    views; the files written at the end come from the SimPy engine.
+class LatencyExtension:
+    """Prices the run: a simulated-time estimate per round (the analytic per-iteration time,
+    exact without shared capacities) for the live views, and at the end the SimPy engine's
+    price of every operation, written to the latency files.
 
     A process that hosts only some nodes (``sees_all_nodes=False``, e.g. the server process of a
-    multi-process run) cannot observe the other nodes' operations; it prices the plan's
-    operations for the rounds it completed instead (``trace_from_plan``, which the tests prove
+    multi-process run) cannot observe the other nodes' operations; it prices the program's
+    operations for the rounds it completed instead (``trace_from_program``, which the tests prove
     equal to a recorded trace).
     """
-    topology = scenario_topology(prepared)
-    if topology is None:
-        return lambda status: {}
-    assignment = topology.assign_profiles(list(prepared.plan.client_ids))
-    tracer = OperationTracer() if sees_all_nodes else _PlannedTrace(prepared)
-    clock = _WallClock()
-    bus.subscribe(tracer)
-    bus.subscribe(clock)
-    bus.subscribe(_LiveSimulatedTime(prepared, topology, assignment, bus))
 
-    def finish(status: str) -> dict[str, Any]:
-        ops = tracer.operations()
+    name = "latency"
+
+    def __init__(self, prepared, bus: EventBus, directory: Path, topology: Topology, program: Program,
+                 sees_all_nodes: bool) -> None:
+        self._directory = Path(directory)
+        self._topology = topology
+        self._assignment = topology.assign_profiles(list(prepared.plan.client_ids))
+        self._tracer = OperationTracer() if sees_all_nodes else _PlannedTrace(prepared, program)
+        self._clock = _WallClock()
+        bus.subscribe(self._tracer)
+        bus.subscribe(self._clock)
+        plan = prepared.plan
+        splits = {c.client_id: c.split for c in plan.clients}
+        batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
+        self._per_round = plan.schedule.steps_per_round * _iteration_estimate(
+            program, splits, prepared.setup.costs, batches, topology, self._assignment, plan.schedule.batch_size)
+        self._started = time.perf_counter()
+
+    def round_section(self, event: RoundAggregated) -> dict[str, Any]:
+        return {"simulated_s": self._per_round * event.round, "wall_s": time.perf_counter() - self._started}
+
+    def finish(self, status: str) -> dict[str, Any]:
+        ops = self._tracer.operations()
         if not ops:
             return {}
-        report = simulate(ops, topology, assignment)
-        write_latency(Path(writer.directory), report, topology, assignment)
+        report = simulate(ops, self._topology, self._assignment)
+        write_latency(self._directory, report, self._topology, self._assignment)
         return {"latency": {
-            "topology": topology.name,
+            "topology": self._topology.name,
             "sim_s_per_iteration": report.mean_iteration_seconds,
             "sim_s_per_round": (sum(report.round_seconds.values()) / len(report.round_seconds)
                                 if report.round_seconds else 0.0),
             "sim_total_s": report.total_seconds,
-            "wall_s_per_iteration": clock.mean_iteration_s(),
+            "wall_s_per_iteration": self._clock.mean_iteration_s(),
             "iterations": len(report.iteration_seconds),
             "status": status,
         }}
 
-    return finish
+
+def _iteration_estimate(program: Program, splits, costs, batches, topology: Topology, assignment, batch: int) -> float:
+    """Seconds per iteration for the live view: the analytic model where it prices the program,
+    else SimPy on one iteration of it (server-first programs such as MD-GAN's)."""
+    if any(isinstance(step, Broadcast) for step in program.iteration):
+        ops = trace_from_program(program, splits, costs, batches, 1, include_aggregation=False, server_batch=batch)
+        return simulate(ops, topology, assignment).first_iteration_seconds
+    return analytic_iteration_seconds(splits, costs, batches, topology, assignment, program=program)
+
+
+def latency_extension(prepared, bus: EventBus, directory: Path, program: Program,
+                      sees_all_nodes: bool = True) -> LatencyExtension | None:
+    """The run's latency extension; ``None`` when there is no topology to price on. Without
+    ``topology:`` in the scenario the packaged paper edge topology is used."""
+    topology = scenario_topology(prepared)
+    if topology is None:
+        return None
+    return LatencyExtension(prepared, bus, directory, topology, program, sees_all_nodes)

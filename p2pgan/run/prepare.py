@@ -1,6 +1,15 @@
-"""The one walk of a run's chain: scenario -> partitions -> strategy layout -> cuts -> schedule -> plan."""
+"""The one walk of a run's chain, before any node starts:
+
+scenario -> strategy (options checked) -> partitions -> strategy layout -> cuts -> schedule -> plan.
+
+Every launcher (one process, a process per node, a host per node) prepares through here. A node
+process passes ``for_node`` and keeps only what that node may hold: a client its own partition,
+the server no client example at all.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -9,19 +18,24 @@ from p2pgan.config.schema import Scenario
 from p2pgan.data import load_domain, partition_clients, to_model_input
 from p2pgan.errors import P2PGanError
 from p2pgan.model.costs import ModelCosts, profile_model
+from p2pgan.model.segments import ClientCut
 from p2pgan.plan.cuts import resolve_cuts
 from p2pgan.plan.nodedata import ClientRecord, LocalData, PreparedRun
 from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.plan.setup import NodeSetup
-from p2pgan.strategies.shapes import reshape_prepared, run_shape, shape_cuts
+from p2pgan.sim.search import search_cuts
+from p2pgan.strategies.catalogue import strategy_for
+from p2pgan.topology.profiles import load_topology
 
 
-def prepare_run(scenario: Scenario, costs: ModelCosts | None = None) -> PreparedRun:
+def prepare_run(scenario: Scenario, costs: ModelCosts | None = None, for_node: str | None = None) -> PreparedRun:
     """Everything a run needs before any node starts: data, partitions, cuts, schedule, costs.
 
     ``costs``: the model's measured costs when already known (a process per node reuses the
-    coordinator's instead of profiling the model again).
+    coordinator's instead of profiling the model again). ``for_node``: keep only that node's
+    examples (none for the server or any other id, e.g. a coordinator's ``SERVER_ID``).
     """
+    strategy = strategy_for(scenario)
     train = {domain: load_domain(domain, "train", scenario.data.root) for domain in scenario.domains}
     try:
         partitions = partition_clients(scenario.domains, {d: data.labels for d, data in train.items()},
@@ -32,17 +46,64 @@ def prepare_run(scenario: Scenario, costs: ModelCosts | None = None) -> Prepared
     spec = scenario.model.to_spec()
     costs = costs if costs is not None else profile_model(spec)
     client_ids = [p.client_id for p in partitions]
-    shape = run_shape(scenario.strategy.name)  # run-structure strategies: p2pgan.baselines
-    cuts = shape_cuts(scenario, client_ids) or resolve_cuts(scenario, client_ids, costs)
+    layout = strategy.layout(scenario, client_ids, lambda ids: scenario_cuts(scenario, ids, costs))
+    keep = _keeper(for_node, client_ids[0] if layout.pooled else None)
     client_data, clients, records = {}, [], []
     for part in partitions:
-        data = train[part.domain]
-        index = torch.from_numpy(np.array(part.indices, dtype=np.int64))
-        client_data[part.client_id] = LocalData(to_model_input(data.images[index]), data.labels[index].clone())
-        clients.append(ClientPlan(part.client_id, cuts[part.client_id], part.size, full_local=shape.full_local))
+        if keep(part.client_id):
+            data = train[part.domain]
+            index = torch.from_numpy(np.array(part.indices, dtype=np.int64))
+            client_data[part.client_id] = LocalData(to_model_input(data.images[index]), data.labels[index].clone())
+        clients.append(ClientPlan(part.client_id, layout.cuts[part.client_id], part.size, full_local=layout.full_local))
         records.append(ClientRecord(part.client_id, part.domain, tuple(part.excluded_labels), float(part.size_ratio)))
+    del train
     training = scenario.training
+    setup = NodeSetup(spec, costs, scenario.seed, training.lr, tuple(training.betas))
+    if layout.pooled:
+        return _pooled(scenario, setup, clients, records, client_data, keep)
     schedule = Schedule.for_clients([c.num_examples for c in clients], training.rounds, training.local_epochs,
                                     training.batch_size, training.max_batches_per_epoch)
-    setup = NodeSetup(spec, costs, scenario.seed, training.lr, tuple(training.betas))
-    return reshape_prepared(PreparedRun(scenario, RunPlan(tuple(clients), schedule), setup, tuple(records), client_data))
+    return PreparedRun(scenario, RunPlan(tuple(clients), schedule), setup, tuple(records), client_data)
+
+
+def scenario_cuts(scenario: Scenario, client_ids: Sequence[str], costs: ModelCosts) -> dict[str, ClientCut]:
+    """The scenario's ``cuts:`` section resolved for ``client_ids``, searching with the simulator."""
+    return resolve_cuts(scenario, client_ids, _search(costs))
+
+
+def _keeper(for_node: str | None, pooled_into: str | None):
+    """Which clients' examples this process keeps: all (one process runs every node), the
+    node's own (a client process), none (the server, a coordinator). The client that pools
+    every partition (centralized) keeps all of them: that is what it is."""
+    if for_node is None or (pooled_into is not None and for_node == pooled_into):
+        return lambda cid: True
+    return lambda cid: cid == for_node
+
+
+def _search(costs: ModelCosts):
+    def search(scenario: Scenario, client_ids: Sequence[str]) -> dict[str, ClientCut]:
+        assert scenario.topology is not None and scenario.cuts.search is not None
+        topology = load_topology(scenario.topology)
+        assignment = topology.assign_profiles(list(client_ids))
+        return search_cuts(scenario.cuts.search, list(client_ids), costs, scenario.training.batch_size,
+                           topology, assignment, scenario.seed)
+    return search
+
+
+def _pooled(scenario: Scenario, setup: NodeSetup, clients: list[ClientPlan], records: list[ClientRecord],
+            client_data: dict[str, LocalData], keep) -> PreparedRun:
+    """One client (the first id) with every partition's examples; records keep the true domains."""
+    cid = clients[0].client_id
+    size = sum(c.num_examples for c in clients)
+    data = {}
+    if keep(cid) and client_data:
+        ids = [c.client_id for c in clients]
+        data[cid] = LocalData(torch.cat([client_data[c].images for c in ids]),
+                              torch.cat([client_data[c].labels for c in ids]))
+    client = ClientPlan(cid, clients[0].cut, size, full_local=True)
+    training = scenario.training
+    schedule = Schedule.for_clients([size], training.rounds, training.local_epochs, training.batch_size,
+                                    training.max_batches_per_epoch)
+    # The record names every pooled domain ("mnist+fashion-mnist"): results give each its own grid.
+    pooled = ClientRecord(cid, "+".join(scenario.domains), (), 1.0)
+    return PreparedRun(scenario, RunPlan((client,), schedule), setup, (pooled,), data)

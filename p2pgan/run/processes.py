@@ -412,7 +412,8 @@ def run_processes(scenario: Scenario, *, out: TextIO | None = None, startup_time
 
     if scenario.transport.kind != "http":
         raise ConfigError(str(scenario.source), "transport.processes", "needs transport.kind: http")
-    prepared = prepared or prepare_run(scenario)
+    # The coordinator writes results and prices the run; it holds no client example.
+    prepared = prepared or prepare_run(scenario, for_node=SERVER_ID)
     coordinator = Coordinator(prepared, out=out, startup_timeout_s=startup_timeout_s, grace_s=grace_s)
     return asyncio.run(coordinator.run())
 
@@ -504,11 +505,11 @@ class ControlChannel:
     def forward(self, event: object) -> None:
         """Event-bus observer: client losses and round ends go to the coordinator."""
         from p2pgan.protocol.events import ClientLosses
-        from p2pgan.protocol.events import AggregationDone
+        from p2pgan.protocol.events import RoundAggregated
 
         if isinstance(event, ClientLosses):
             self.send({"event": "losses", "record": dataclasses.asdict(event)})
-        elif isinstance(event, AggregationDone):
+        elif isinstance(event, RoundAggregated):
             self.send({"event": "round", "round": event.round, "losses": event.losses})
 
 
@@ -578,11 +579,12 @@ def _run_node(scenario: Scenario, node_id: str, secret: bytes, peers: Mapping[st
     """
     from p2pgan.run.prepare import prepare_run
     from p2pgan.run.nodes import run_nodes
+    from p2pgan.strategies.catalogue import strategy_for
     from p2pgan.bus import EventBus
     from p2pgan.run.session import run_scenario
     from transports.http import HttpTransport
 
-    prepared = prepared or prepare_run(scenario, costs)
+    prepared = prepared or prepare_run(scenario, costs, for_node=node_id)
     all_nodes = [SERVER_ID, *prepared.plan.client_ids]
     if node_id not in all_nodes:
         raise ConfigError(str(scenario.source), "--node",
@@ -592,7 +594,8 @@ def _run_node(scenario: Scenario, node_id: str, secret: bytes, peers: Mapping[st
     transport = HttpTransport(receive_timeout_s=spec.timeout_s, host=listen[0], port=listen[1], retries=spec.retries,
                               max_message_mb=spec.max_message_mb, secret=secret,
                               peers={n: u for n, u in peers.items() if n != node_id},
-                              listen={node_id: listen}, rendezvous=rendezvous, nodes=all_nodes)
+                              listen={node_id: listen}, rendezvous=rendezvous, nodes=all_nodes,
+                              message_specs=strategy_for(scenario).program.message_specs())
     if on_transport is not None:
         on_transport(transport)
     if node_id == SERVER_ID:
@@ -709,15 +712,15 @@ def write_secret(path: Path) -> None:
 
 
 def serve_standalone(scenario: Scenario, node_id: str, peers_file: Path, listen: tuple[str, int] | None,
-                     secret_file: Path | None, wait_s: float, out: TextIO | None = None) -> int:
+                     secret_file: Path | None, wait_s: float, out: TextIO | None = None,
+                     server_progress: Callable[[TextIO], Callable[[object], None]] | None = None) -> int:
     """``p2pgan node serve --scenario FILE --node ID --peers FILE``: one node of a multi-host run."""
     from p2pgan.run.prepare import prepare_run
-    from p2pgan.ui.progress import PlainProgress
     from transports.http import parse_url
 
     out = out or sys.stdout
     secret = read_secret(secret_file)
-    prepared = prepare_run(scenario)
+    prepared = prepare_run(scenario, for_node=node_id)
     node_ids = [SERVER_ID, *prepared.plan.client_ids]
     if node_id not in node_ids:
         raise ConfigError(str(scenario.source), "--node", f"unknown node {node_id!r} (nodes: {', '.join(node_ids)})")
@@ -737,7 +740,10 @@ def serve_standalone(scenario: Scenario, node_id: str, peers_file: Path, listen:
         return peers
 
     holder: dict[str, Any] = {}
-    observers: list[Callable[[object], None]] = [PlainProgress(out)] if node_id == SERVER_ID else [_ClientProgress(node_id, out)]
+    if node_id == SERVER_ID:
+        observers: list[Callable[[object], None]] = [server_progress(out)] if server_progress else []
+    else:
+        observers = [_ClientProgress(node_id, out)]
     steps_file = None if node_id == SERVER_ID else Path(scenario.results_dir) / "nodes" / f"{node_id}.steps.jsonl"
     try:
         status, error = _run_node(scenario, node_id, secret, peers, listen, rendezvous, observers,

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from p2pgan import __version__
+from p2pgan.data import load_domain
 from p2pgan.protocol.events import ClientLosses
-from p2pgan.plan.nodedata import PreparedRun
-from p2pgan.protocol.events import AggregationDone
+from p2pgan.plan.nodedata import PreparedRun, client_domains, speaking_clusters
+from p2pgan.protocol.events import RoundClosed
 from p2pgan.protocol.events import LogEvent, RunFinished
 from p2pgan.model.assemble import AssembledGenerator
 
@@ -39,12 +42,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def domain_clusters(clusters: dict[str, int], domain_of: dict[str, str]) -> dict[str, int]:
-    """Which cluster speaks for each domain: the one holding most of its clients (lowest id on ties)."""
-    votes: dict[str, Counter[int]] = defaultdict(Counter)
-    for cid, cluster in clusters.items():
-        votes[domain_of[cid]][cluster] += 1
-    return {domain: min(counter, key=lambda k: (-counter[k], k)) for domain, counter in votes.items()}
+def environment(prepared: PreparedRun) -> dict[str, Any]:
+    """What produced these numbers: versions, threads, and where each domain's data came from."""
+    root = prepared.scenario.data.root
+    return {
+        "versions": {"p2pgan": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "data_sources": {domain: str(load_domain(domain, "train", root).source) for domain in prepared.domains},
+    }
 
 
 class ResultsWriter:
@@ -57,10 +63,11 @@ class ResultsWriter:
         self._rounds_done = 0
         self._last_round: dict[str, Any] = {}
         self._domain_of = {r.client_id: r.domain for r in prepared.records}
+        self._domains_of = client_domains(prepared.records)
         self.extra_summary: dict[str, Any] = {}
+        # The folder is the run's own: the command edge claimed it (refused if non-empty, cleared
+        # with --force), so nothing of another run is left to mix with this one's files.
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in ("rounds.jsonl", "steps.jsonl", "summary.json"):
-            (directory / stale).unlink(missing_ok=True)
         self._write_json("config.json", jsonable(prepared.scenario))
         self._write_json("plan.json", {
             "schedule": jsonable(prepared.plan.schedule),
@@ -76,13 +83,13 @@ class ResultsWriter:
     def __call__(self, event: object) -> None:
         if isinstance(event, ClientLosses):
             self._append(self._steps, jsonable(event))
-        elif isinstance(event, AggregationDone):
+        elif isinstance(event, RoundClosed):
             self._on_round(event)
         elif isinstance(event, LogEvent):
             with (self.directory / "log.txt").open("a", encoding="utf-8") as log:
                 log.write(f"[{event.level}] {event.message}\n")
 
-    def _on_round(self, event: AggregationDone) -> None:
+    def _on_round(self, event: RoundClosed) -> None:
         self._rounds_done = event.round
         by_domain: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for cid, losses in event.losses.items():
@@ -95,15 +102,15 @@ class ResultsWriter:
             "losses": domain_means,
             "client_losses": event.losses,
             "clusters": event.result.clusters,
-            "domain_clusters": domain_clusters(event.result.clusters, self._domain_of),
-            "details": jsonable(event.result.details),
+            "domain_clusters": speaking_clusters(event.result.clusters, self._domains_of, self._prepared.domains),
+            "details": jsonable(event.details),
         }
         self._last_round = record
         self._append(self._rounds, record)
         if event.round == self._prepared.plan.schedule.rounds:
             self._write_models(event)
 
-    def _write_models(self, event: AggregationDone) -> None:
+    def _write_models(self, event: RoundClosed) -> None:
         weights = self.directory / "weights"
         weights.mkdir(exist_ok=True)
         members: dict[int, list[str]] = defaultdict(list)
@@ -124,7 +131,7 @@ class ResultsWriter:
         folder.mkdir(parents=True, exist_ok=True)
         spec = self._prepared.setup.model
         per_class = self._prepared.scenario.output.grid_samples_per_class
-        for domain, cluster in domain_clusters(clusters, self._domain_of).items():
+        for domain, cluster in speaking_clusters(clusters, self._domains_of, self._prepared.domains).items():
             generator = AssembledGenerator(spec, cluster_models[cluster])
             labels, z = generator.sample_grid_inputs(per_class, self._prepared.scenario.seed)
             images = generator(labels, z)
@@ -142,6 +149,7 @@ class ResultsWriter:
             "rounds_planned": self._prepared.plan.schedule.rounds,
             "final": self._last_round.get("losses", {}),
             "clusters": self._last_round.get("domain_clusters", {}),
+            "environment": environment(self._prepared),
             **self.extra_summary,
         }
         self._write_json("summary.json", summary)

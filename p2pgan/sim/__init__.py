@@ -1,4 +1,4 @@
-"""Virtual time for p2pgan (DESIGN §2 "Virtual time is SimPy").
+"""Virtual time for p2pgan (docs/architecture.md; the latency model: docs/design.md §1.2).
 
 * :mod:`~p2pgan.sim.topology`: device profiles, links, shared segments, profile assignment;
 * :mod:`~p2pgan.sim.trace`: operations (computes and transfers with causal dependencies), from a

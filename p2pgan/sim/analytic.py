@@ -1,21 +1,22 @@
-"""The analytic latency model: DESIGN §1.2's critical-path sum, exact for the engine's schedule.
+"""The analytic latency model: the critical-path sum of a program's iteration, exact for its schedule.
 
-An iteration is a chain of seven batched server computes (G forward, D fake, D real, D backward,
-G's pass through D, its backward, G backward). Each waits for the server's previous compute and
-for the slowest participant's upload; between two of them every client runs its own branch
-(download, local blocks, upload). So
+The iteration is read from the :class:`~p2pgan.plan.program.Program` (the U-shaped split's by
+default), never written here: each :class:`~p2pgan.plan.program.RoundTrip` is one batched server
+compute, which waits for the server's previous compute and for the slowest participant's upload;
+between two of them every client runs its own branch (download, local blocks, upload). So
 
     s_k = max(s_{k-1}, max_i arrival_i,k) + S_k
 
 where ``S_k`` is the batched compute (FLOPs summed over every sample passing through every
 server block, divided by the server's rate) and a client's arrival is its previous download plus
-its compute plus its upload. The iteration ends with the slowest client's last local backward.
+its compute plus its upload. The iteration ends with the slowest client's last local compute.
 That is the critical path of the same operations :func:`p2pgan.sim.engine.simulate` prices,
-including the two details a phase-by-phase sum would miss: a client sends its D-real head
-output right after the D-fake one (the second upload queues behind the first on its link) and
-the D-real result can arrive while the D-fake result is still downloading. On a topology with
-no shared segment the two models agree to rounding; a shared segment only adds queueing, so
-SimPy is then >= this model.
+including the two details a phase-by-phase sum would miss: the uploads of one
+:class:`~p2pgan.plan.program.Exchange` (D's fake and real passes) leave back to back, so the
+second queues behind the first on the client's uplink, and their results can arrive while an
+earlier one is still downloading. On a topology with no shared segment the two models agree to
+rounding; a shared segment only adds queueing, so SimPy is then >= this model. A program with a
+server-first :class:`~p2pgan.plan.program.Broadcast` (MD-GAN) is not priced here (SimPy is).
 
 Everything is numpy over a trailing axis of client *groups* (clients with the same profile,
 batch and cut behave identically: the max over a group is any member, its server load is
@@ -30,56 +31,92 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from p2pgan.errors import P2PGanError
 from p2pgan.model.costs import ModelCosts
 from p2pgan.model.segments import ClientSplit, NetworkSplit
+from p2pgan.plan.program import U_SHAPED, Broadcast, Exchange, Part, Program, RoundTrip, network_split
 from p2pgan.topology.profiles import Topology
 
-_COLUMNS = ("g_via", "d_via", "gh_f", "gt_f", "g_first_b", "gh_b", "dh_f", "dt_f", "d_first_b", "dh_b",
-            "g_up", "g_dn", "d_up", "d_dn", "gs_f", "gs_b", "ds_f", "ds_b", "params")
+
+def _via_column(network: str) -> str:
+    return f"{network}.via"
 
 
-def _network_columns(split: NetworkSplit, costs: ModelCosts) -> dict[str, float]:
-    via = bool(split.server)
-    if via and (not split.head or not split.tail):
+def _trip_column(trip: RoundTrip, what: str) -> str:
+    return f"{trip.phase.value}.{what}"
+
+
+def _check_priceable(program: Program) -> None:
+    for step in program.iteration:
+        if isinstance(step, Broadcast):
+            raise P2PGanError(f"the analytic model cannot price program {program.name!r}: its "
+                              f"{step.down_phase.value} step is server-first (a Broadcast); price its trace "
+                              f"with the SimPy engine instead")
+
+
+def _check_split(split: NetworkSplit) -> None:
+    if split.server and (not split.head or not split.tail):
         raise ValueError(f"{split.network}: a split through the server needs client head and tail blocks "
                          f"(got head {split.head}, tail {split.tail})")
-    first = split.tail if via else split.client_blocks
-    return {
-        "via": float(via),
-        "h_f": costs.flops(split.head, "fwd"),
-        "t_f": costs.flops(split.tail, "fwd") if via else 0.0,
-        "first_b": costs.flops(first, "bwd"),
-        "h_b": costs.flops(split.head, "bwd") if via else 0.0,
-        "up": float(costs[split.head[-1]].out_bytes) if via else 0.0,
-        "dn": float(costs[split.server[-1]].out_bytes) if via else 0.0,
-        "s_f": costs.flops(split.server, "fwd"),
-        "s_b": costs.flops(split.server, "bwd"),
-    }
+
+
+_TRIP_COLUMNS = ("before", "up", "server", "down", "after")
+
+
+def _trip_columns(trip: RoundTrip, split: NetworkSplit, costs: ModelCosts) -> dict[str, float]:
+    """Per client-batch sample: the client's compute before and after the server (FLOPs), the
+    bytes it uploads and downloads (every tensor of the message), and the server's FLOPs per
+    sample passing through it. A client whose network skips the server only computes before."""
+    net, direction = trip.network, trip.direction
+    via = bool(split.server)
+
+    def message_bytes(part: Part, tensors: tuple[str, ...]) -> float:
+        return float(len(tensors) * costs[part.blocks(split, net)[-1]].out_bytes) if via else 0.0
+
+    values = (
+        costs.flops(trip.before.blocks(split, net), direction),
+        message_bytes(trip.upload_part(), trip.up),
+        costs.flops(split.server, direction),
+        message_bytes(trip.download_part(), trip.down),
+        costs.flops(trip.after.blocks(split, net), direction) if via else 0.0,
+    )
+    return {_trip_column(trip, what): value for what, value in zip(_TRIP_COLUMNS, values)}
+
+
+def _column_names(program: Program) -> list[str]:
+    trips = program.round_trips()
+    names = [_via_column(net.name) for net in dict.fromkeys(trip.network for trip in trips)]
+    names += [_trip_column(trip, what) for trip in trips for what in _TRIP_COLUMNS]
+    return [*names, "params"]
 
 
 @dataclass(frozen=True)
 class OptionTable:
-    """Per-sample costs of each placement option (one :class:`ClientSplit` per row)."""
+    """Per-sample costs of each placement option (one :class:`ClientSplit` per row), one set of
+    columns per round trip of ``program``."""
 
     splits: tuple[ClientSplit, ...]
     columns: Mapping[str, np.ndarray]
+    program: Program = U_SHAPED
 
     @classmethod
-    def build(cls, splits: Sequence[ClientSplit], costs: ModelCosts) -> "OptionTable":
+    def build(cls, splits: Sequence[ClientSplit], costs: ModelCosts, program: Program = U_SHAPED) -> "OptionTable":
+        _check_priceable(program)
+        trips = program.round_trips()
+        networks = tuple(dict.fromkeys(trip.network for trip in trips))
         rows = []
         for split in splits:
-            g = _network_columns(split.generator, costs)
-            d = _network_columns(split.discriminator, costs)
-            rows.append({
-                "g_via": g["via"], "d_via": d["via"],
-                "gh_f": g["h_f"], "gt_f": g["t_f"], "g_first_b": g["first_b"], "gh_b": g["h_b"],
-                "dh_f": d["h_f"], "dt_f": d["t_f"], "d_first_b": d["first_b"], "dh_b": d["h_b"],
-                "g_up": g["up"], "g_dn": g["dn"], "d_up": d["up"], "d_dn": d["dn"],
-                "gs_f": g["s_f"], "gs_b": g["s_b"], "ds_f": d["s_f"], "ds_b": d["s_b"],
-                "params": float(sum(costs[name].param_bytes for name in split.client_blocks)),
-            })
-        columns = {key: np.array([row[key] for row in rows], dtype=float) for key in _COLUMNS}
-        return cls(tuple(splits), columns)
+            row: dict[str, float] = {}
+            for net in networks:
+                part = network_split(split, net)
+                _check_split(part)
+                row[_via_column(net.name)] = float(bool(part.server))
+            for trip in trips:
+                row.update(_trip_columns(trip, network_split(split, trip.network), costs))
+            row["params"] = float(sum(costs[name].param_bytes for name in program.client_blocks(split)))
+            rows.append(row)
+        columns = {key: np.array([row[key] for row in rows], dtype=float) for key in _column_names(program)}
+        return cls(tuple(splits), columns, program)
 
     def index(self, split: ClientSplit) -> int:
         return self.splits.index(split)
@@ -144,8 +181,7 @@ def iteration_seconds(options: np.ndarray, table: OptionTable, groups: GroupArra
     if present is not None:
         mask = mask & present
     mask = np.broadcast_to(mask, options.shape)
-    gvia = (col["g_via"] > 0) & mask
-    dvia = (col["d_via"] > 0) & mask
+    via = {trip.network.name: (col[_via_column(trip.network.name)] > 0) & mask for trip in table.program.round_trips()}
     lead = options.shape[:-1]
     Rs = groups.server_rate
     neg = -np.inf
@@ -180,40 +216,23 @@ def iteration_seconds(options: np.ndarray, table: OptionTable, groups: GroupArra
     def receive(c: np.ndarray, via: np.ndarray, arrival: np.ndarray, after: np.ndarray) -> np.ndarray:
         return np.where(via, np.maximum(c, arrival) + after, c)
 
-    def round_trip(c: np.ndarray, s: np.ndarray, via: np.ndarray, batch: np.ndarray, multiplier: int,
-                   before: str, up: str, on_server: str, down: str, after: str) -> tuple[np.ndarray, np.ndarray]:
-        """Clients compute ``before`` and upload; the server computes batched; each client
-        downloads its slice and computes ``after`` (column names of the cost table)."""
-        c = c + local(col[before], batch)
-        a = upload(c, batch * col[up])
-        s = server(s, via, a, col[on_server], multiplier)
-        r = download(s[..., None], batch * col[down])
-        return receive(c, via, r, local(col[after], batch)), s
-
     s = np.zeros(lead)
-    B2 = 2 * B
-
-    # G forward: head -> server -> tail.
-    idle = np.zeros_like(local(col["gh_f"], B))
-    c, s = round_trip(idle, s, gvia, B, 1, "gh_f", "g_up", "gs_f", "g_dn", "gt_f")
-
-    # D on fake then real: both heads go up back to back.
-    c = c + local(col["dh_f"], B)
-    a_fake = upload(c, B * col["d_up"])
-    c = c + local(col["dh_f"], B)
-    a_real = upload(c, B * col["d_up"])
-    s = server(s, dvia, a_fake, col["ds_f"], 1)
-    r_fake = download(s[..., None], B * col["d_dn"])
-    s = server(s, dvia, a_real, col["ds_f"], 1)
-    r_real = download(s[..., None], B * col["d_dn"])
-    c = receive(c, dvia, r_fake, local(col["dt_f"], B))
-    c = receive(c, dvia, r_real, local(col["dt_f"], B))
-
-    # D backward of both passes (2B); G's pass through D and its backward; G backward.
-    c, s = round_trip(c, s, dvia, B2, 2, "d_first_b", "d_dn", "ds_b", "d_up", "dh_b")
-    c, s = round_trip(c, s, dvia, B, 1, "dh_f", "d_up", "ds_f", "d_dn", "dt_f")
-    c, s = round_trip(c, s, dvia, B, 1, "d_first_b", "d_dn", "ds_b", "d_up", "dh_b")
-    c, s = round_trip(c, s, gvia, B, 1, "g_first_b", "g_dn", "gs_b", "g_up", "gh_b")
+    c = np.zeros(options.shape)
+    for step in table.program.iteration:
+        if not isinstance(step, Exchange):
+            continue  # Local steps cost nothing; Broadcast was refused when the table was built
+        # Every trip's upload leaves before any download is awaited; the server then runs the
+        # trips in order, each client receiving its results in the same order.
+        arrivals = []
+        for trip in step.trips:
+            c = c + local(col[_trip_column(trip, "before")], trip.samples * B)
+            arrivals.append(upload(c, B * col[_trip_column(trip, "up")]))
+        results = []
+        for trip, arrival in zip(step.trips, arrivals):
+            s = server(s, via[trip.network.name], arrival, col[_trip_column(trip, "server")], trip.samples)
+            results.append(download(s[..., None], B * col[_trip_column(trip, "down")]))
+        for trip, result in zip(step.trips, results):
+            c = receive(c, via[trip.network.name], result, local(col[_trip_column(trip, "after")], trip.samples * B))
 
     return np.max(np.where(mask, c, neg), axis=-1)
 
@@ -227,13 +246,15 @@ def client_groups(client_ids: Sequence[str], topology: Topology, assignment: Map
 
 def analytic_iteration_seconds(splits: Mapping[str, ClientSplit], costs: ModelCosts,
                                batch_sizes: Mapping[str, int], topology: Topology,
-                               assignment: Mapping[str, str]) -> float:
-    """Seconds of one iteration of ``splits`` from an idle start (the cut search's objective)."""
+                               assignment: Mapping[str, str], program: Program = U_SHAPED) -> float:
+    """Seconds of one iteration of ``program`` over ``splits`` from an idle start (the cut
+    search's objective). Raises :class:`~p2pgan.errors.P2PGanError` for a program it cannot price."""
+    _check_priceable(program)
     ids = list(splits)
     if not ids:
         return 0.0
     unique = list(dict.fromkeys(splits.values()))
-    table = OptionTable.build(unique, costs)
+    table = OptionTable.build(unique, costs, program)
     options = np.array([unique.index(splits[c]) for c in ids])
     groups = client_groups(ids, topology, assignment, batch_sizes)
     return float(iteration_seconds(options, table, groups))

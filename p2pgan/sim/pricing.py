@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from p2pgan.ids import SERVER_ID
 from p2pgan.errors import P2PGanError
-from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR
 from p2pgan.model.costs import ModelCosts
-from p2pgan.model.segments import ClientCut, ClientSplit, legal_cut_values, split_client
+from p2pgan.ids import client_id
+from p2pgan.model.policies import CUT_POLICIES
+from p2pgan.model.segments import ClientCut, ClientSplit, split_client
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
 from p2pgan.topology.profiles import Topology
@@ -25,28 +26,15 @@ full-model: every block on the client, no server during iterations (FedAvg-GAN s
 
 
 def client_ids_for(count: int) -> list[str]:
-    """The engine's client ids (``c000``, ``c001``, ...) for ``count`` clients."""
-    width = max(3, len(str(max(count - 1, 0))))
-    return [f"c{i:0{width}d}" for i in range(count)]
-
-
-def extreme_cut(local: bool) -> ClientCut:
-    """Every movable block on the server (``local=False``) or on the client (``local=True``)."""
-    (gh, gt), (dh, dt) = legal_cut_values(GENERATOR), legal_cut_values(DISCRIMINATOR)
-    pick = (lambda r: r[-1]) if local else (lambda r: r[0])
-    return ClientCut(pick(gh), pick(gt), pick(dh), pick(dt))
+    """The engine's client ids (``c000``, ``c001``, ... ``c1000``) for ``count`` clients."""
+    return [client_id(i) for i in range(count)]
 
 
 def policy_splits(policy: str, client_ids: Sequence[str]) -> dict[str, ClientSplit]:
-    if policy == "all-offload":
-        split = split_client(extreme_cut(local=False))
-    elif policy == "all-local":
-        split = split_client(extreme_cut(local=True))
-    elif policy == "full-model":
-        split = split_client(extreme_cut(local=True), full_local=True)
-    else:
+    found = CUT_POLICIES.get(policy)
+    if found is None or policy not in REFERENCE_POLICIES:
         raise P2PGanError(f"unknown policy {policy!r} (expected one of: {', '.join(REFERENCE_POLICIES)})")
-    return {cid: split for cid in client_ids}
+    return {cid: split_client(cut, full_local=found.full_local) for cid, cut in found.cuts(client_ids).items()}
 
 
 def cuts_to_splits(cuts: Mapping[str, ClientCut]) -> dict[str, ClientSplit]:

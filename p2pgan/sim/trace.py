@@ -4,9 +4,10 @@ Two sources produce the same operations:
 
 * :class:`OperationTracer` observes a real run on the event bus (``ComputeEvent`` and
   ``TransferEvent``, published by the nodes in their program order);
-* :func:`trace_from_plan` writes down the events the engine would publish for a cut plan,
-  without training, and feeds them through the same tracer (what-if studies and cut search
-  price plans this way).
+* :func:`trace_from_program` walks a strategy's :class:`~p2pgan.plan.program.Program` and writes
+  down the events its nodes would publish for a plan, without training, and feeds them through
+  the same tracer (latency files, what-if studies and cut search price plans this way). The
+  iteration exists only in the program; this module only knows what each kind of step publishes.
 
 Dependencies (what :func:`p2pgan.sim.engine.simulate` enforces):
 
@@ -23,17 +24,16 @@ whose coroutines interleaved differently give equal lists (and equal simulated t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKey, MessageKind, Phase
-
-from p2pgan.ids import SERVER_ID
-from p2pgan.protocol.events import ComputeEvent, TransferEvent
-from p2pgan.ids import natural_key
-from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR
+from p2pgan.ids import SERVER_ID, natural_key
 from p2pgan.model.costs import ModelCosts
-from p2pgan.model.segments import ClientSplit, NetworkSplit
+from p2pgan.model.segments import ClientSplit
+from p2pgan.plan.program import (BWD, FWD, U_SHAPED, Broadcast, ClientCompute, Exchange, Program, RoundTrip,
+                                 network_split)
+from p2pgan.protocol.events import ComputeEvent, TransferEvent
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKey, MessageKind, Phase
 
 COMPUTE = "compute"
 TRANSFER = "transfer"
@@ -169,21 +169,23 @@ class OperationTracer:
 
 # -- synthetic traces ---------------------------------------------------------------------------
 
+LABEL_BYTES = 8
+"""Bytes of one integer label on the wire (int64, what ``torch.randint`` and the datasets give)."""
 
-def _last_out_bytes(costs: ModelCosts, blocks: tuple[str, ...]) -> int:
+
+def _out_bytes(costs: ModelCosts, blocks: tuple[str, ...], what: str) -> int:
+    """Bytes per sample of the tensor ``blocks``' last block outputs (an activation, or the
+    gradient with respect to it, which has its shape)."""
+    if not blocks:
+        raise ValueError(f"{what}: nothing computes the tensor this message carries (no blocks)")
     return costs[blocks[-1]].out_bytes
 
 
-def _backward_blocks(split: NetworkSplit) -> tuple[str, ...]:
-    """The blocks a client's first backward of a network reaches (engine: tail, or all if local)."""
-    return split.tail if split.server else split.client_blocks
-
-
 class _Emitter:
-    """Publishes the engine's events for one plan into a tracer, in per-node program order.
+    """Publishes the nodes' events into a tracer, in per-node program order.
 
-    As in the engine, a message joins a node's ``consumed`` list when the node receives it, and
-    that list goes with the node's next compute.
+    As on a node's port, a message joins the node's ``consumed`` list when the node receives it,
+    and that list goes with the node's next compute.
     """
 
     def __init__(self, tracer: OperationTracer, costs: ModelCosts) -> None:
@@ -210,150 +212,172 @@ class _Emitter:
             self.pending.setdefault(node, []).append(msg_id)
 
 
-def trace_from_plan(splits: Mapping[str, ClientSplit], costs: ModelCosts, batch_sizes: Mapping[str, int],
-                    iterations: int, include_aggregation: bool, rounds: int = 1,
-                    first_round: int = 1) -> list[Operation]:
-    """The operations the engine performs for ``splits``, without training.
+def trace_from_program(program: Program, splits: Mapping[str, ClientSplit], costs: ModelCosts,
+                       batch_sizes: Mapping[str, int], iterations: int, include_aggregation: bool,
+                       rounds: int = 1, first_round: int = 1, server_batch: int | None = None) -> list[Operation]:
+    """The operations ``program``'s nodes perform for ``splits``, without training.
 
-    ``iterations`` steps per round, ``rounds`` rounds numbered from ``first_round`` (the engine
-    counts rounds from 1), each followed by the parameter exchange when ``include_aggregation``.
-    Clients appear in natural id order, as the engine's server orders them.
+    ``iterations`` steps per round, ``rounds`` rounds numbered from ``first_round`` (nodes count
+    rounds from 1), each followed by the program's round end when ``include_aggregation``.
+    ``server_batch``: how many samples a :class:`~p2pgan.plan.program.Broadcast` server generates
+    per client (MD-GAN: the schedule's batch size); default each client's own batch. Clients
+    appear in natural id order, as the server orders them.
     """
     tracer = OperationTracer()
     emit = _Emitter(tracer, costs)
     clients = sorted(splits, key=natural_key)
+    generated = {c: server_batch if server_batch is not None else batch_sizes[c] for c in clients}
     for rnd in range(first_round, first_round + rounds):
         for step in range(iterations):
-            _Iteration(emit, clients, splits, costs, batch_sizes, rnd, step).run()
-        if include_aggregation:
-            _aggregation(emit, clients, splits, costs, rnd)
+            _IterationTrace(emit, clients, splits, costs, batch_sizes, generated, rnd, step).run(program)
+        if include_aggregation and program.round_end:
+            _federate(emit, program, clients, splits, costs, rnd)
     return tracer.operations()
 
 
-def _net(split: ClientSplit, network) -> NetworkSplit:
-    return split.generator if network is GENERATOR else split.discriminator
+def trace_from_plan(splits: Mapping[str, ClientSplit], costs: ModelCosts, batch_sizes: Mapping[str, int],
+                    iterations: int, include_aggregation: bool, rounds: int = 1,
+                    first_round: int = 1) -> list[Operation]:
+    """:func:`trace_from_program` of the U-shaped split (every strategy but md-gan)."""
+    return trace_from_program(U_SHAPED, splits, costs, batch_sizes, iterations, include_aggregation,
+                              rounds=rounds, first_round=first_round)
 
 
-class _Iteration:
-    """One synchronous iteration (DESIGN §1.1) as the engine's client and server nodes run it."""
+class _IterationTrace:
+    """One iteration of a program: what each step makes the client and server nodes publish.
 
-    def __init__(self, emit: _Emitter, clients: list[str], splits: Mapping[str, ClientSplit],
-                 costs: ModelCosts, batch_sizes: Mapping[str, int], rnd: int, step: int) -> None:
+    Mirrors :mod:`p2pgan.engine.client` / :mod:`p2pgan.engine.server` (Exchange) and
+    :mod:`p2pgan.strategies.mdgan` (Broadcast); :class:`~p2pgan.plan.program.Local` steps publish
+    nothing.
+    """
+
+    def __init__(self, emit: _Emitter, clients: list[str], splits: Mapping[str, ClientSplit], costs: ModelCosts,
+                 batch: Mapping[str, int], generated: Mapping[str, int], rnd: int, step: int) -> None:
         self.emit, self.clients, self.splits, self.costs = emit, clients, splits, costs
-        self.batch, self.rnd, self.step = batch_sizes, rnd, step
+        self.batch, self.generated, self.rnd, self.step = batch, generated, rnd, step
 
-    def compute(self, node: str, phase: Phase, direction: str, blocks: tuple[str, ...], batch: int) -> None:
-        self.emit.compute(node, self.rnd, self.step, phase, direction, blocks, batch)
+    def run(self, program: Program) -> None:
+        for step in program.iteration:
+            if isinstance(step, Exchange):
+                self.exchange(step)
+            elif isinstance(step, Broadcast):
+                self.broadcast(step)
 
-    def upload(self, c: str, network, phase: Phase, kind: MessageKind, nbytes: int) -> str | None:
-        if not _net(self.splits[c], network).server:
+    def compute(self, node: str, phase: Phase, direction: str, blocks: tuple[str, ...], batch: int,
+                flops: float | None = None) -> None:
+        self.emit.compute(node, self.rnd, self.step, phase, direction, blocks, batch, flops)
+
+    def send(self, kind: MessageKind, src: str, dst: str, phase: Phase, nbytes: int) -> str:
+        return self.emit.send(kind, src, dst, self.rnd, self.step, phase, nbytes)
+
+    # -- Exchange: client-first round trips, uploads paired ------------------------------------
+
+    def exchange(self, exchange: Exchange) -> None:
+        ups = {trip.phase: {c: self.client_before(c, trip) for c in self.clients} for trip in exchange.trips}
+        downs = {trip.phase: self.server_trip(trip, ups[trip.phase]) for trip in exchange.trips}
+        for trip in exchange.trips:
+            for c in self.clients:
+                self.client_after(c, trip, downs[trip.phase])
+
+    def client_batch(self, c: str, trip: RoundTrip) -> int:
+        # A forward runs the client's batch; a backward every pass it back-propagates (D: 2).
+        return self.batch[c] if trip.direction == FWD else trip.samples * self.batch[c]
+
+    def client_before(self, c: str, trip: RoundTrip) -> str | None:
+        """Compute ``before``; upload when the network passes through the server."""
+        split = network_split(self.splits[c], trip.network)
+        self.compute(c, trip.phase, trip.direction, trip.before.blocks(split, trip.network), self.client_batch(c, trip))
+        if not split.server:
             return None
-        return self.emit.send(kind, c, SERVER_ID, self.rnd, self.step, phase, nbytes)
+        per_tensor = self.batch[c] * _out_bytes(self.costs, trip.upload_part().blocks(split, trip.network),
+                                               f"{c} {trip.phase.value} upload")
+        return self.send(trip.kind, c, SERVER_ID, trip.phase, len(trip.up) * per_tensor)
 
-    def server(self, network, phase: Phase, direction: str, multiplier: int, uploads: dict[str, str | None],
-               kind: MessageKind, size) -> dict[str, str | None]:
+    def server_trip(self, trip: RoundTrip, uploads: Mapping[str, str | None]) -> dict[str, str]:
         """Receive every upload, run the batched compute, send each participant its slice."""
-        costs, splits = self.costs, self.splits
-        users = [c for c in self.clients if _net(splits[c], network).server]
+        net = trip.network
+        users = [c for c in self.clients if network_split(self.splits[c], net).server]
         if not users:
             return {}
         for c in users:
             self.emit.receive(SERVER_ID, uploads[c])
         samples: dict[str, int] = {}
-        for name in network.block_names:
-            through = [c for c in users if name in _net(splits[c], network).server]
+        for name in net.block_names:
+            through = [c for c in users if name in network_split(self.splits[c], net).server]
             if through:
-                samples[name] = sum(multiplier * self.batch[c] for c in through)
-        flops = sum(costs.flops((name,), direction) * n for name, n in samples.items())
-        batch = sum(multiplier * self.batch[c] for c in users)
-        self.emit.compute(SERVER_ID, self.rnd, self.step, phase, direction, tuple(samples), batch, flops)
-        return {c: self.emit.send(kind, SERVER_ID, c, self.rnd, self.step, phase, size(c, _net(splits[c], network)))
-                for c in users}
+                samples[name] = sum(trip.samples * self.batch[c] for c in through)
+        flops = sum(self.costs.flops((name,), trip.direction) * n for name, n in samples.items())
+        batch = sum(trip.samples * self.batch[c] for c in users)
+        self.compute(SERVER_ID, trip.phase, trip.direction, tuple(samples), batch, flops)
+        downs = {}
+        for c in users:
+            split = network_split(self.splits[c], net)
+            per_tensor = self.batch[c] * _out_bytes(self.costs, trip.download_part().blocks(split, net),
+                                                   f"{c} {trip.phase.value} download")
+            downs[c] = self.send(trip.kind, SERVER_ID, c, trip.phase, len(trip.down) * per_tensor)
+        return downs
 
-    def round_trip(self, network, phase: Phase, direction: str, multiplier: int,
-                   before: Callable[[NetworkSplit], tuple[str, ...]], up: Callable[[NetworkSplit], tuple[str, ...]],
-                   down: Callable[[NetworkSplit], tuple[str, ...]], after: Callable[[NetworkSplit], tuple[str, ...]]) -> None:
-        """Clients compute ``before`` and upload (the output of ``up``'s last block); the server
-        computes batched and sends each client ``down``'s output; clients then compute ``after``."""
-        kind = MessageKind.ACTIVATION if direction == "fwd" else MessageKind.GRADIENT
-        batch = {c: multiplier * self.batch[c] for c in self.clients}
+    def client_after(self, c: str, trip: RoundTrip, downs: Mapping[str, str]) -> None:
+        """Download (when via the server), then compute ``after``: a forward's tail always runs,
+        a backward's head only when the server sent the gradient on."""
+        split = network_split(self.splits[c], trip.network)
+        if split.server:
+            self.emit.receive(c, downs[c])
+        elif trip.direction == BWD:
+            return
+        self.compute(c, trip.phase, trip.direction, trip.after.blocks(split, trip.network), self.client_batch(c, trip))
+
+    # -- Broadcast: server-first (MD-GAN) -------------------------------------------------------
+
+    def broadcast(self, step: Broadcast) -> None:
+        # The server runs its whole network, each client its whole client network.
+        net_blocks, client_blocks = step.network.block_names, step.client_network.block_names
+        out = _out_bytes(self.costs, net_blocks, f"{step.network.name} broadcast")
+        total = sum(self.generated[c] for c in self.clients)
+        self.compute(SERVER_ID, step.down_phase, FWD, net_blocks, total)
+        downs = {}
+        for c in self.clients:
+            n = self.generated[c]
+            nbytes = sum(n * (LABEL_BYTES if name in step.integer_down else out) for name in step.down)
+            downs[c] = self.send(MessageKind.ACTIVATION, SERVER_ID, c, step.down_phase, nbytes)
         ups = {}
         for c in self.clients:
-            part = _net(self.splits[c], network)
-            self.compute(c, phase, direction, before(part), batch[c])
-            ups[c] = self.upload(c, network, phase, kind, batch[c] * self.out(up(part)) if part.server else 0)
-        downs = self.server(network, phase, direction, multiplier, ups, kind,
-                            lambda c, part: batch[c] * self.out(down(part)))
+            self.emit.receive(c, downs[c])
+            for compute in step.computes():
+                self.compute(c, compute.phase, compute.direction, client_blocks, self._broadcast_batch(c, step, compute))
+            # Every uploaded tensor is the gradient of a generated (float) tensor: its shape.
+            ups[c] = self.send(MessageKind.GRADIENT, c, SERVER_ID, step.up_phase, len(step.up) * self.generated[c] * out)
         for c in self.clients:
-            part = _net(self.splits[c], network)
-            if part.server:
-                self.emit.receive(c, downs[c])
-                self.compute(c, phase, direction, after(part), batch[c])
+            self.emit.receive(SERVER_ID, ups[c])
+        self.compute(SERVER_ID, step.up_phase, BWD, net_blocks, total)
 
-    def out(self, blocks: tuple[str, ...]) -> int:
-        return _last_out_bytes(self.costs, blocks)
-
-    def run(self) -> None:
-        act = MessageKind.ACTIVATION
-        clients, splits, B = self.clients, self.splits, self.batch
-        G, D = GENERATOR, DISCRIMINATOR
-
-        def head(part: NetworkSplit) -> tuple[str, ...]:
-            return part.head
-
-        def server(part: NetworkSplit) -> tuple[str, ...]:
-            return part.server
-
-        def tail(part: NetworkSplit) -> tuple[str, ...]:
-            return part.tail
-
-        # 1. G forward: head -> server middle -> tail.
-        self.round_trip(G, Phase.G_FWD, "fwd", 1, head, head, server, tail)
-
-        # 2. D forward on fake and real: both heads go up before either result comes back.
-        fake_ups, real_ups = {}, {}
-        for c in clients:
-            d = splits[c].discriminator
-            self.compute(c, Phase.D_FAKE, "fwd", d.head, B[c])
-            fake_ups[c] = self.upload(c, D, Phase.D_FAKE, act, B[c] * self.out(d.head))
-            self.compute(c, Phase.D_REAL, "fwd", d.head, B[c])
-            real_ups[c] = self.upload(c, D, Phase.D_REAL, act, B[c] * self.out(d.head))
-        fake_downs = self.server(D, Phase.D_FAKE, "fwd", 1, fake_ups, act, lambda c, s: B[c] * self.out(s.server))
-        real_downs = self.server(D, Phase.D_REAL, "fwd", 1, real_ups, act, lambda c, s: B[c] * self.out(s.server))
-        for c in clients:
-            d = splits[c].discriminator
-            if d.server:
-                self.emit.receive(c, fake_downs[c])
-                self.compute(c, Phase.D_FAKE, "fwd", d.tail, B[c])
-                self.emit.receive(c, real_downs[c])
-                self.compute(c, Phase.D_REAL, "fwd", d.tail, B[c])
-
-        # 3. D backward of both passes together (2B); 4. G's adversarial pass through D;
-        # 5. its backward through D, down to the fake image; 6. G backward: tail -> middle -> head.
-        self.round_trip(D, Phase.D_BWD, "bwd", 2, _backward_blocks, server, head, head)
-        self.round_trip(D, Phase.G_ADV, "fwd", 1, head, head, server, tail)
-        self.round_trip(D, Phase.G_ADV_BWD, "bwd", 1, _backward_blocks, server, head, head)
-        self.round_trip(G, Phase.G_BWD, "bwd", 1, _backward_blocks, server, head, head)
+    def _broadcast_batch(self, c: str, step: Broadcast, compute: ClientCompute) -> int:
+        if compute.direction == BWD:
+            return compute.samples * self.batch[c]
+        source = (compute.source or "").removesuffix("_detached")
+        return self.generated[c] if source in step.down else self.batch[c]
 
 
-def client_param_bytes(split: ClientSplit, costs: ModelCosts) -> int:
-    """Bytes of a client's parameters and float buffers: what it sends up at round end."""
-    return sum(costs[name].param_bytes for name in split.client_blocks)
+def client_param_bytes(split: ClientSplit, costs: ModelCosts, program: Program = U_SHAPED) -> int:
+    """Bytes of a client's parameters and float buffers under ``program``: what it sends up at
+    round end (and, as every strategy's aggregate has the shape of what was sent, receives)."""
+    return sum(costs[name].param_bytes for name in program.client_blocks(split))
 
 
-def _aggregation(emit: _Emitter, clients: list[str], splits: Mapping[str, ClientSplit], costs: ModelCosts,
-                 rnd: int) -> None:
+def _federate(emit: _Emitter, program: Program, clients: list[str], splits: Mapping[str, ClientSplit],
+              costs: ModelCosts, rnd: int) -> None:
     step = ROUND_LEVEL_STEP
-    sizes = {c: client_param_bytes(splits[c], costs) for c in clients}
+    sizes = {c: client_param_bytes(splits[c], costs, program) for c in clients}
     for c in clients:
         emit.receive(SERVER_ID, emit.send(MessageKind.PARAMS, c, SERVER_ID, rnd, step, Phase.FEDERATE, sizes[c]))
-    # Averaging reads every float element the clients sent once (fp32): cheap, but not free.
+    # Aggregating reads every float element the clients sent once (fp32): cheap, but not free.
     elements = sum(sizes.values()) / 4
-    emit.compute(SERVER_ID, rnd, step, Phase.FEDERATE, "fwd", (), len(clients), float(elements), always=True)
+    emit.compute(SERVER_ID, rnd, step, Phase.FEDERATE, FWD, (), len(clients), float(elements), always=True)
     for c in clients:
-        # The engine's client clears its consumed list after loading the aggregate; the tracer
-        # adds the dependency back (round-level messages gate the receiver's next compute).
+        # A client loads the aggregate outside any compute (its consumed list is cleared); the
+        # tracer adds the dependency back (round-level messages gate the receiver's next compute).
         emit.send(MessageKind.AGGREGATE, SERVER_ID, c, rnd, step, Phase.FEDERATE, sizes[c])
 
 
-__all__ = ["COMPUTE", "TRANSFER", "Operation", "OperationTracer", "client_param_bytes", "trace_from_plan"]
+__all__ = ["COMPUTE", "LABEL_BYTES", "TRANSFER", "Operation", "OperationTracer", "client_param_bytes",
+           "trace_from_plan", "trace_from_program"]

@@ -1,22 +1,24 @@
 """MD-GAN-style baseline (Hardy, Le Merrer, Sericola 2019): one generator, many discriminators.
 
 The server holds the whole conditional generator G; every client holds a whole discriminator D
-and its private data. One iteration, over the same transport, messages and events as the split
-engine:
+and its private data. One iteration is the :data:`~p2pgan.plan.program.MD_GAN` program's
+:class:`~p2pgan.plan.program.Broadcast` step, which both nodes execute (and the simulator prices)
+over the same transport, messages and events as the split engine:
 
 1. The server samples, for each client, ``batch_size`` labels (uniform over the classes: it knows
    nothing about the clients' label distributions) and z from its own seeded stream, runs G once
    batched over all clients (client-id order), and sends every client its slice: the **synthetic
    images and their labels** (``ACTIVATION``, phase ``g_fwd``).
-2. Each client trains its D on its real batch (target 1) and the received fakes (target 0), then
-   computes the generator's feedback: the gradient of ``BCE(D(fake), 1)`` with respect to the
-   fake images, sent back up (``GRADIENT``, phase ``g_bwd``).
+2. Each client trains its D on the received fakes (target 0) and its real batch (target 1), the
+   loss being the sum ``BCE(D(fake), 0) + BCE(D(real), 1)``, then computes the generator's
+   feedback: the gradient of ``BCE(D(fake), 1)`` with respect to the fake images, sent back up
+   (``GRADIENT``, phase ``g_bwd``).
 3. The server back-propagates the mean of the clients' feedback through G and steps G's optimizer.
 
 At each round's end the discriminators are swapped between clients (MD-GAN's peer-to-peer swap,
 routed through the server here because the transport's clients talk only to the server): client
 ``i`` sends its D (``PARAMS``) and receives the D of the previous client in id order
-(``AGGREGATE``), a cyclic shift. There is no parameter averaging.
+(``AGGREGATE``), a cyclic shift (:meth:`MDGan.aggregate`). There is no parameter averaging.
 
 Privacy, compared with HuSCF-GAN: the "nothing leaves G's tail" property is broken by design —
 synthetic images (and the labels they were generated for) travel from the server to every
@@ -26,113 +28,182 @@ back. Real data and real labels still never leave a client.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import torch
 from torch.nn import functional as F
 
-from p2pgan.engine.client import BatchSampler
-
-from p2pgan.protocol.events import ClientLosses
-from p2pgan.engine.loops import run_client, run_server
-from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase
-from p2pgan.ids import SERVER_ID
-from p2pgan.engine.port import NodePort
-from p2pgan.protocol.events import AggregationDone
-from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
-from p2pgan.plan.setup import node_seed
 from p2pgan.bus import EventBus
-from p2pgan.protocol.federation import FederationResult
-from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, build_initial_blocks
+from p2pgan.config.schema import Scenario
+from p2pgan.engine.client import BatchSampler
+from p2pgan.engine.loops import run_client, run_server
+from p2pgan.engine.port import NodePort
+from p2pgan.ids import SERVER_ID
+from p2pgan.model.blocks import NETWORKS, NetworkDef, build_initial_blocks
 from p2pgan.model.segments import Segment
+from p2pgan.plan.nodedata import PreparedRun
+from p2pgan.plan.program import BWD, FWD, MD_GAN, Broadcast, ClientCompute, Local, LocalAction, Program
+from p2pgan.plan.setup import node_seed
+from p2pgan.protocol.endpoint import Endpoint
+from p2pgan.protocol.events import ClientLosses, RoundAggregated
+from p2pgan.protocol.federation import Aggregator, ClientUpdate, FederationInput, FederationResult
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
+from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
+from p2pgan.strategies.base import CutResolver, Layout, Strategy, full_local_layout
 
 
 class _Node:
-    """What both MD-GAN nodes share: their plan, random stream and traced port."""
+    """What both MD-GAN nodes share: their plan, program, blocks, optimizers, random stream and port."""
 
     node_id: str
 
-    def __init__(self, prepared, node_id: str, endpoint, bus: EventBus) -> None:
+    def __init__(self, prepared: PreparedRun, node_id: str, endpoint: Endpoint, bus: EventBus, program: Program,
+                 held: Sequence[str]) -> None:
         self.node_id = node_id
         self._prepared = prepared
         self._setup = prepared.setup
         self._schedule = prepared.plan.schedule
+        self._program = program
         self._bus = bus
         self._gen = torch.Generator().manual_seed(node_seed(prepared.setup.seed, node_id))
         self._port = NodePort(node_id, endpoint, bus, prepared.setup.costs)
+        blocks = build_initial_blocks(self._setup.model, self._setup.seed)
+        self.blocks = {name: blocks[name] for name in held}
+        self._optimizers = {net.name: self._setup.adam([p for n, b in self.blocks.items() if n in net.block_names
+                                                        for p in b.parameters()]) for net in NETWORKS}
+
+    def _segment(self, network: NetworkDef) -> Segment:
+        return Segment({name: self.blocks[name] for name in network.block_names})
+
+    def _optimizer_step(self, action: Local) -> None:
+        """ZERO_GRAD / STEP of a network's optimizer; a node that holds none of it skips."""
+        optimizer = self._optimizers.get(action.network.name) if action.network is not None else None
+        if optimizer is None:
+            return
+        if action.action is LocalAction.ZERO_GRAD:
+            optimizer.zero_grad(set_to_none=True)
+        elif action.action is LocalAction.STEP:
+            optimizer.step()
+
+
+def _broadcasts(program: Program) -> tuple[Broadcast, ...]:
+    return tuple(step for step in program.iteration if isinstance(step, Broadcast))
 
 
 class MDGanServer(_Node):
     """Holds G; generates for every client, applies the clients' averaged feedback."""
 
-    def __init__(self, prepared, endpoint, bus: EventBus) -> None:
-        super().__init__(prepared, SERVER_ID, endpoint, bus)
-        blocks = build_initial_blocks(self._setup.model, self._setup.seed)
-        self.blocks = {name: blocks[name] for name in GENERATOR.block_names}
-        self._g = Segment(self.blocks)
-        self._g_opt = self._setup.adam(list(self._g.parameters()))
+    def __init__(self, prepared: PreparedRun, endpoint: Endpoint, bus: EventBus, strategy: Aggregator,
+                 program: Program = MD_GAN) -> None:
+        held = dict.fromkeys(name for step in _broadcasts(program) for name in step.network.block_names)
+        super().__init__(prepared, SERVER_ID, endpoint, bus, program, tuple(held))
+        self._strategy = strategy
+        self._plan = prepared.plan
         self._clients = prepared.plan.client_ids
+        self._num_domains = len(prepared.domains)
+        self._networks = {step.network.name: self._segment(step.network) for step in _broadcasts(program)}
 
     async def run(self) -> None:
         await run_server(self, self._schedule, self._bus)
 
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)
+        for action in self._program.iteration:
+            if isinstance(action, Broadcast):
+                await self._broadcast(action)
+            elif isinstance(action, Local):
+                self._optimizer_step(action)  # losses are the clients'
+            else:
+                raise TypeError(f"the MD-GAN server cannot execute {type(action).__name__}")
+
+    async def _broadcast(self, step: Broadcast) -> None:
+        """Generate for every client at once, send each its slice, back-propagate their feedback."""
         spec = self._setup.model
         batch = self._schedule.batch_size
         total = batch * len(self._clients)
+        (generated,) = [name for name in step.down if name not in step.integer_down]
+        # Uniform labels: the server knows nothing about the clients' label distributions.
         labels = torch.randint(0, spec.num_classes, (total,), generator=self._gen)
         z = torch.randn(total, spec.z_dim, generator=self._gen)
         self._port.state("computing")
-        fake = self._g(z, labels)
-        self._port.computed(GENERATOR.block_names, Phase.G_FWD, "fwd", total)
+        fake = self._networks[step.network.name](z, labels)
+        self._port.computed(step.network.block_names, step.down_phase, FWD, total)
         for i, cid in enumerate(self._clients):
             part = slice(i * batch, (i + 1) * batch)
-            await self._port.send(Message(MessageKind.ACTIVATION, SERVER_ID, cid, round_, step, Phase.G_FWD,
-                                     {"images": fake[part].detach(), "labels": labels[part].clone()}))
+            tensors = {name: labels[part].clone() if name in step.integer_down else fake[part].detach()
+                       for name in step.down}
+            await self._port.send(self._port.message(MessageKind.ACTIVATION, cid, step.down_phase, tensors))
+        (feedback,) = [up for up, down in step.grad_of if down == generated]
         grads = []
         for cid in self._clients:  # client-id order, never arrival order
-            msg = await self._port.receive(MessageKind.GRADIENT, cid, Phase.G_BWD)
-            grads.append(msg.tensors["grad"])
+            msg = await self._port.receive(MessageKind.GRADIENT, cid, step.up_phase)
+            grads.append(msg.tensors[feedback])
         self._port.state("computing")
-        self._g_opt.zero_grad(set_to_none=True)
         # MD-GAN averages the workers' feedback: each client's loss is a mean over its batch.
         torch.autograd.backward(fake, torch.cat(grads) / len(self._clients))
-        self._g_opt.step()
-        self._port.computed(GENERATOR.block_names, Phase.G_BWD, "bwd", total)
+        self._port.computed(step.network.block_names, step.up_phase, BWD, total)
 
     async def federate(self, round_: int) -> FederationResult:
+        """Collect every client's parameters, let the strategy decide, send each what it loads."""
         self._port.at(round_, ROUND_LEVEL_STEP)
-        d_states, losses = {}, {}
+        updates: dict[str, ClientUpdate] = {}
+        losses: dict[str, dict[str, float]] = {}
+        for client in self._plan.clients:
+            msg = await self._port.receive(MessageKind.PARAMS, client.client_id, Phase.FEDERATE)
+            losses[client.client_id] = {k: float(v) for k, v in msg.meta.items() if k != "num_examples"}
+            updates[client.client_id] = ClientUpdate(client.client_id, client.num_examples, client.cut.as_tuple(),
+                                                     unflatten_blocks(msg.tensors), losses[client.client_id])
+        inputs = FederationInput(
+            round=round_,
+            updates=updates,
+            server_blocks={name: float_state(block) for name, block in self.blocks.items()},
+            features={},
+            num_domains=self._num_domains,
+            block_order=tuple(name for net in NETWORKS for name in net.block_names),
+        )
+        self._port.state("computing")
+        result = self._strategy.aggregate(inputs)
+        # Priced like every aggregation: one read of each float element the clients sent.
+        moved = sum(t.numel() for u in updates.values() for s in u.blocks.values() for t in s.values())
+        self._port.computed((), Phase.FEDERATE, FWD, len(updates), float(moved))
+        for name, state in result.server_blocks.items():
+            self.blocks[name].load_state_dict(state, strict=False)
         for cid in self._clients:
-            msg = await self._port.receive(MessageKind.PARAMS, cid, Phase.FEDERATE)
-            d_states[cid] = unflatten_blocks(msg.tensors)
-            losses[cid] = {k: float(v) for k, v in msg.meta.items() if k != "num_examples"}
-        self._port.computed((), Phase.FEDERATE, "fwd", len(self._clients), 0.0)
-        ids = list(self._clients)
-        # Cyclic swap: client i continues with the discriminator client i-1 trained.
-        source = {cid: ids[(i - 1) % len(ids)] for i, cid in enumerate(ids)}
-        client_blocks = {cid: d_states[source[cid]] for cid in ids}
-        g_state = {name: {k: v.clone() for k, v in float_state(block).items()} for name, block in self.blocks.items()}
-        for cid in ids:
-            await self._port.send(Message(MessageKind.AGGREGATE, SERVER_ID, cid, round_, ROUND_LEVEL_STEP,
-                                     Phase.FEDERATE, flatten_blocks(client_blocks[cid])))
-        model = {**g_state, **client_blocks[ids[0]]}
-        result = FederationResult(client_blocks, g_state, {cid: 0 for cid in ids}, {0: model},
-                                  {"strategy": "md-gan", "d_swap": source, "note": "no averaging; D swapped"})
-        self._bus.publish(AggregationDone(round_, result, losses))
+            await self._port.send(self._port.message(MessageKind.AGGREGATE, cid, Phase.FEDERATE,
+                                                     flatten_blocks(result.client_blocks[cid])))
+        self._bus.publish(RoundAggregated(round_, result, losses))
         return result
+
+
+@dataclass
+class _ClientIteration:
+    """What one iteration holds on an MD-GAN client: named inputs (each with its labels), the
+    network's outputs, the loss terms and losses, and the gradients it keeps."""
+
+    inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    grads: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def source(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name.endswith("_detached"):
+            x, labels = self.inputs[name.removesuffix("_detached")]
+            return x.detach(), labels
+        return self.inputs[name]
 
 
 class MDGanClient(_Node):
     """Holds a whole D and its private data; sends the generator feedback up."""
 
-    def __init__(self, prepared, client_id: str, endpoint, bus: EventBus) -> None:
-        super().__init__(prepared, client_id, endpoint, bus)
+    def __init__(self, prepared: PreparedRun, client_id: str, endpoint: Endpoint, bus: EventBus,
+                 program: Program = MD_GAN) -> None:
+        split = prepared.plan.client(client_id).split
+        super().__init__(prepared, client_id, endpoint, bus, program, program.client_blocks(split))
         self._data = prepared.client_data[client_id]
         self._sampler = BatchSampler(len(self._data), self._schedule.batch_size, self._gen)
-        blocks = build_initial_blocks(self._setup.model, self._setup.seed)
-        self.blocks = {name: blocks[name] for name in DISCRIMINATOR.block_names}
-        self._d = Segment(self.blocks)
-        self._d_opt = self._setup.adam(list(self._d.parameters()))
+        self._networks = {step.client_network.name: self._segment(step.client_network) for step in _broadcasts(program)}
 
     async def run(self) -> None:
         await run_client(self, self._schedule, self._bus)
@@ -140,40 +211,96 @@ class MDGanClient(_Node):
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)
         idx = self._sampler.next_indices()
-        real, labels = self._data.images[idx], self._data.labels[idx]
-        msg = await self._port.receive(MessageKind.ACTIVATION, SERVER_ID, Phase.G_FWD)
-        fake, fake_labels = msg.tensors["images"], msg.tensors["labels"].long()
-        self._port.state("computing")
-        names = DISCRIMINATOR.block_names
-        out_fake = self._d(fake, fake_labels)
-        self._port.computed(names, Phase.D_FAKE, "fwd", fake.shape[0])
-        out_real = self._d(real, labels)
-        self._port.computed(names, Phase.D_REAL, "fwd", real.shape[0])
-        loss_fake = F.binary_cross_entropy(out_fake, torch.zeros_like(out_fake))
-        loss_real = F.binary_cross_entropy(out_real, torch.ones_like(out_real))
-        d_loss = 0.5 * (loss_fake + loss_real)
-        self._d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self._d_opt.step()
-        self._port.computed(names, Phase.D_BWD, "bwd", fake.shape[0] + real.shape[0])
+        it = _ClientIteration({"real": (self._data.images[idx], self._data.labels[idx])})
+        for action in self._program.iteration:
+            if isinstance(action, Broadcast):
+                await self._broadcast(action, it)
+            elif isinstance(action, Local):
+                self._local(action, it)
+            else:
+                raise TypeError(f"the MD-GAN client cannot execute {type(action).__name__}")
+        return ClientLosses(self.node_id, round_, step, it.terms["d_real"].item(), it.terms["d_fake"].item(),
+                            it.losses["d_loss"].item(), it.losses["g_loss"].item())
 
-        fake = fake.clone().requires_grad_(True)
-        out_adv = self._d(fake, fake_labels)
-        self._port.computed(names, Phase.G_ADV, "fwd", fake.shape[0])
-        g_loss = F.binary_cross_entropy(out_adv, torch.ones_like(out_adv))
-        (grad,) = torch.autograd.grad(g_loss, fake)
-        self._port.computed(names, Phase.G_ADV_BWD, "bwd", fake.shape[0])
-        await self._port.send(Message(MessageKind.GRADIENT, self.node_id, SERVER_ID, round_, step, Phase.G_BWD,
-                                 {"grad": grad.detach()}))
-        return ClientLosses(self.node_id, round_, step, loss_real.item(), loss_fake.item(), d_loss.item(),
-                            g_loss.item())
+    async def _broadcast(self, step: Broadcast, it: _ClientIteration) -> None:
+        """Receive the generated batch, run the client's computes, send the feedback up."""
+        msg = await self._port.receive(MessageKind.ACTIVATION, SERVER_ID, step.down_phase)
+        (label_name,) = step.integer_down
+        generated_labels = msg.tensors[label_name].long()
+        for name in step.down:
+            if name not in step.integer_down:
+                # A leaf that requires grad: the feedback is the loss's gradient with respect to it.
+                it.inputs[name] = (msg.tensors[name].requires_grad_(True), generated_labels)
+        self._port.state("computing")
+        network = self._networks[step.client_network.name]
+        batch = it.inputs["real"][1].shape[0]
+        for action in step.client:
+            if isinstance(action, Local):
+                self._local(action, it)
+            else:
+                self._compute(network, action, it, batch)
+        await self._port.send(self._port.message(MessageKind.GRADIENT, SERVER_ID, step.up_phase,
+                                                 {up: it.grads[down].detach() for up, down in step.grad_of}))
+
+    def _compute(self, network: Segment, action: ClientCompute, it: _ClientIteration, batch: int) -> None:
+        if action.direction == FWD:
+            x, labels = it.source(action.source)
+            it.outputs[action.result] = network(x, labels)
+            self._port.computed(network.block_names, action.phase, FWD, x.shape[0])
+            return
+        loss = it.losses[action.source]
+        if action.result is None:
+            loss.backward()
+        else:
+            # Only the input's gradient: D's own gradients of this loss are not wanted.
+            (it.grads[action.result],) = torch.autograd.grad(loss, it.inputs[action.result][0])
+        self._port.computed(network.block_names, action.phase, BWD, action.samples * batch)
+
+    def _local(self, action: Local, it: _ClientIteration) -> None:
+        if action.action is not LocalAction.LOSS:
+            self._optimizer_step(action)
+            return
+        total = None
+        for result, target in action.terms:
+            out = it.outputs[result]
+            term = F.binary_cross_entropy(out, torch.full_like(out, target))
+            it.terms[result] = term
+            total = term if total is None else total + term
+        it.losses[action.name] = total
 
     async def federate(self, round_: int, losses: dict[str, float]) -> None:
         self._port.at(round_, ROUND_LEVEL_STEP)
         states = {name: float_state(block) for name, block in self.blocks.items()}
-        await self._port.send(Message(MessageKind.PARAMS, self.node_id, SERVER_ID, round_, ROUND_LEVEL_STEP,
-                                 Phase.FEDERATE, flatten_blocks(states), {"num_examples": len(self._data), **losses}))
+        await self._port.send(self._port.message(MessageKind.PARAMS, SERVER_ID, Phase.FEDERATE, flatten_blocks(states),
+                                                 {"num_examples": len(self._data), **losses}))
         reply = await self._port.receive(MessageKind.AGGREGATE, SERVER_ID, Phase.FEDERATE)
         for name, state in unflatten_blocks(reply.tensors).items():
             self.blocks[name].load_state_dict(state, strict=False)
         self._port.forget_received()
+
+
+class MDGan(Strategy):
+    """MD-GAN: G on the server, a whole D on every client, D swapped cyclically at round end."""
+
+    name = "md-gan"
+    program = MD_GAN
+    summary = "generator on the server, a whole discriminator per client; synthetic images travel down"
+
+    def layout(self, scenario: Scenario, client_ids: Sequence[str], resolve_cuts: CutResolver) -> Layout:
+        return full_local_layout(client_ids)
+
+    def aggregate(self, inputs: FederationInput) -> FederationResult:
+        """Cyclic swap: client i continues with the discriminator client i-1 trained (id order)."""
+        ids = list(inputs.updates)
+        source = {cid: ids[(i - 1) % len(ids)] for i, cid in enumerate(ids)}
+        client_blocks = {cid: inputs.updates[source[cid]].blocks for cid in ids}
+        server = {name: {k: v.clone() for k, v in state.items()} for name, state in inputs.server_blocks.items()}
+        model = {**server, **client_blocks[ids[0]]}
+        return FederationResult(client_blocks, server, {cid: 0 for cid in ids}, {0: model},
+                                {"strategy": self.name, "d_swap": source, "note": "no averaging; D swapped"})
+
+    def create_server(self, prepared: PreparedRun, endpoint: Endpoint, bus: EventBus) -> MDGanServer:
+        return MDGanServer(prepared, endpoint, bus, self, self.program)
+
+    def create_client(self, prepared: PreparedRun, client_id: str, endpoint: Endpoint, bus: EventBus) -> MDGanClient:
+        return MDGanClient(prepared, client_id, endpoint, bus, self.program)

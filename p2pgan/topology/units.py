@@ -4,7 +4,8 @@ Every numeric topology key names its unit (``clock_hz``, ``up_bps``, ``latency_s
 number is unambiguous. A string such as ``"480 MHz"``, ``"50 Mbit/s"`` or ``"5 ms"`` is accepted
 too and converted; a unit of the wrong kind (``"5 ms"`` for a bandwidth) is an error, which is
 the point of writing units at all. Note that YAML 1.1 reads ``480e6`` as a string; that string
-is accepted here as the number it spells.
+is accepted here as the number it spells. Sizes (``memory_bytes``) take decimal (``"4 GB"``) or
+binary (``"4 GiB"``) multiples of a byte.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ _UNITS: dict[str, dict[str, float]] = {
     },
     "time": {f"{p}s": f for p, f in _SMALL.items()},
     "count": {"": 1.0},
+    # Decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB) multiples of a byte.
+    "bytes": {
+        "B": 1.0,
+        **{f"{p}B": f for p, f in _PREFIX.items() if p},
+        **{f"{p}iB": float(1024**k) for k, p in enumerate(("K", "M", "G", "T"), start=1)},
+    },
 }
 
 _EXAMPLE = {"frequency": "480e6 or '480 MHz'", "bitrate": "50e6 or '50 Mbit/s'",
-            "time": "0.005 or '5 ms'", "count": "a number"}
+            "time": "0.005 or '5 ms'", "count": "a number", "bytes": "4294967296 or '4 GiB'"}
 
 _QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\d\s].*?)?\s*$")
 

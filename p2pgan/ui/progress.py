@@ -6,8 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from p2pgan.protocol.events import AggregationDone
-from p2pgan.protocol.events import LogEvent, RunFinished, RunStarted, SimulatedTime
+from p2pgan.protocol.events import LogEvent, RoundClosed, RunFinished, RunStarted
 
 
 class PlainProgress:
@@ -25,17 +24,16 @@ class PlainProgress:
             self._print(f"run {event.scenario}: {clients} clients, strategy {event.strategy}, transport "
                         f"{event.transport}, seed {event.seed}, {event.rounds} rounds x {event.local_epochs} "
                         f"epochs x {event.steps_per_epoch} steps -> {event.results_dir}")
-        elif isinstance(event, AggregationDone):
+        elif isinstance(event, RoundClosed):
             losses = " ".join(
                 f"{cid}:D={v.get('d_loss', 0):.3f}/G={v.get('g_loss', 0):.3f}" for cid, v in list(event.losses.items())[:4])
             more = " ..." if len(event.losses) > 4 else ""
             clusters = sorted(set(event.result.clusters.values()))
             self._print(f"round {event.round}/{self._rounds} done in {time.perf_counter() - self._started:.1f}s "
                         f"clusters={len(clusters)} {losses}{more}")
-        elif isinstance(event, SimulatedTime):
-            ratio = event.simulated_s / event.wall_s if event.wall_s > 0 else 0.0
-            self._print(f"  simulated {event.simulated_s:.1f}s after round {event.round} "
-                        f"(simulated/wall {ratio:.2f}x)")
+            if event.simulated_s is not None and event.wall_s:
+                self._print(f"  simulated {event.simulated_s:.1f}s after round {event.round} "
+                            f"(simulated/wall {event.simulated_s / event.wall_s:.2f}x)")
         elif isinstance(event, LogEvent):
             self._print(f"[{event.level}] {event.message}")
         elif isinstance(event, RunFinished):

@@ -2,7 +2,7 @@
 
 :class:`DashboardState` is fed every event of a run (synchronously, from the event-loop thread) and
 does O(1) bookkeeping per event: no rendering, no I/O, no allocation that grows with the run
-beyond bounded histories. Events at round granularity (``AggregationDone``, ``RunStarted``) may do
+beyond bounded histories. Events at round granularity (``RoundClosed``, ``RunStarted``) may do
 work proportional to the number of clients. :meth:`DashboardState.snapshot` copies everything the
 renderer needs into an immutable :class:`Snapshot`; the renderer only ever sees snapshots.
 
@@ -10,7 +10,7 @@ Forward-compatible seams (duck-typed, so the live view needs no change when they
 
 * **simulated time** -- any event with numeric attributes ``simulated_s`` and ``wall_s`` moves the
   simulated clock (see :class:`SimulatedClockEvent`); ``round``/``step`` are read if present;
-* **generation scores** -- ``AggregationDone.result.details["metrics"][domain]["gen_score"]``;
+* **generation scores** -- ``RoundClosed.details["metrics"][domain]["gen_score"]``;
 * **collapsed fakes** -- a ``ClientLosses``-like event carrying ``fake_std`` (the spread of the
   generated batch) below :data:`FAKE_STD_MIN` flags "G collapse".
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from p2pgan.protocol.events import ClientLosses
-from p2pgan.protocol.events import AggregationDone
+from p2pgan.protocol.events import RoundClosed
 from p2pgan.protocol.events import (
     ComputeEvent,
     LogEvent,
@@ -275,8 +275,11 @@ class DashboardState:
             self._transfer(event)
         elif kind is ClientLosses or (hasattr(event, "d_loss") and hasattr(event, "node") and hasattr(event, "step")):
             self._losses(event)
-        elif kind is AggregationDone:
+        elif kind is RoundClosed:
             self._aggregated(event)
+            if is_sim_clock_event(event):
+                self._simulated_s = float(event.simulated_s)
+                self._sim_wall_s = float(event.wall_s)
         elif kind is LogEvent:
             self._logs.append((event.level, event.message))
         elif kind is RunStarted:
@@ -356,7 +359,7 @@ class DashboardState:
             self._logs.append(("info", f"{domain.name}: {now if now != HEALTH_OK else 'healthy again'} "
                                        f"(round {event.round}, step {event.step})"))
 
-    def _aggregated(self, event: AggregationDone) -> None:
+    def _aggregated(self, event: RoundClosed) -> None:
         self._rounds_done = max(self._rounds_done, event.round)
         clusters = event.result.clusters
         self._num_clusters = len(set(clusters.values()))
@@ -370,7 +373,7 @@ class DashboardState:
             ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
             domain.membership = tuple(ranked)
             domain.cluster_history.append((event.round, ranked[0][0]))
-        details = event.result.details if isinstance(event.result.details, Mapping) else {}
+        details = event.details if isinstance(event.details, Mapping) else {}
         metrics = details.get("metrics")
         if isinstance(metrics, Mapping):
             for name, values in metrics.items():

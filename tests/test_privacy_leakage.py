@@ -264,3 +264,32 @@ def test_privacy_command_errors_are_one_line(repo_root, tmp_path):
         run_command(quick, "--samples", "1", "--out", str(tmp_path))
     with pytest.raises(P2PGanError, match="fedavg-gan keeps every block on the client"):
         run_command(quick, "--set", "strategy.name=fedavg-gan", "--out", str(tmp_path))
+
+
+def test_privacy_enabled_audits_the_trained_weights_at_the_end_of_a_run(repo_root, tmp_path):
+    import json
+
+    from p2pgan.config import load_scenario
+    from p2pgan.run.session import run_scenario
+
+    scenario = load_scenario(repo_root / "scenarios" / "quick.yaml", [
+        "training.rounds=1", "training.max_batches_per_epoch=1", "domains={mnist: 2}", "cuts={fixed: [0, 0, 0, 0]}",
+        "privacy={enabled: true, samples: 16, aux_samples: 32, decoder_epochs: 1, probe_epochs: 1, dcor_samples: 8,"
+        " png_samples: 2}", f"output.dir={tmp_path}"])
+    outcome = run_scenario(scenario)
+    assert outcome.status == "completed"
+    audited = outcome.summary["privacy"]["cuts"]
+    assert [row["cut"] for row in audited] == [[0, 0, 0, 0]]
+    assert 0.0 <= audited[0]["label_accuracy"] <= 1.0
+    written = json.loads((tmp_path / "privacy" / "privacy.json").read_text())
+    assert written and (tmp_path / "privacy" / "privacy.md").is_file()
+
+
+def test_privacy_section_is_validated_with_the_scenario(repo_root, tmp_path):
+    from p2pgan.config import load_scenario
+    from p2pgan.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"privacy\.samples"):
+        load_scenario(repo_root / "scenarios" / "quick.yaml", ["privacy={samples: 1}", f"output.dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"privacy\.nope"):
+        load_scenario(repo_root / "scenarios" / "quick.yaml", ["privacy={nope: 1}", f"output.dir={tmp_path}"])

@@ -1,3 +1,3 @@
 """CLI sub-commands. Each module exposes ``register(subparsers)``."""
 
-COMMAND_MODULES = ("scenario", "data", "cuts", "whatif", "compare", "node", "results")
+COMMAND_MODULES = ("scenario", "data", "cuts", "whatif", "compare", "node", "results", "privacy")

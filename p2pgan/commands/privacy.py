@@ -24,7 +24,7 @@ from p2pgan.model.costs import profile_model
 from p2pgan.model.segments import ClientCut
 from p2pgan.privacy.audit import audit_initial, audit_trained
 from p2pgan.privacy.files import write_audit
-from p2pgan.privacy.options import PrivacyOptions, parse_privacy_options
+from p2pgan.config.privacy import PrivacyOptions, parse_privacy_options
 from p2pgan.privacy.report import print_audit
 from p2pgan.privacy.weights import load_run_weights
 from p2pgan.run.prepare import scenario_cuts
@@ -60,8 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def privacy_options(scenario: Scenario, args: argparse.Namespace) -> PrivacyOptions:
     """The scenario's ``privacy:`` section with the command-line flags on top (validated once)."""
-    # Until the schema carries a privacy: section the defaults stand in for it.
-    base = getattr(scenario, "privacy", None) or PrivacyOptions()
+    base = scenario.privacy
     raw = dataclasses.asdict(base)
     raw.update({key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None})
     if args.all_cuts:

@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
+from p2pgan.config.privacy import PrivacyOptions
 from p2pgan.model.blocks import ModelSpec
 from p2pgan.model.policies import SCENARIO_POLICIES
 
@@ -167,6 +168,8 @@ class Scenario:
     transport: TransportSpec = Field(default_factory=TransportSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    privacy: PrivacyOptions = Field(default_factory=PrivacyOptions)
+    """The leakage audit (p2pgan privacy); ``enabled`` runs it after training on the trained weights."""
     source: Optional[Path] = None
     """The scenario file (set by the loader, not read from YAML)."""
 

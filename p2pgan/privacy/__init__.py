@@ -7,6 +7,6 @@ label probe), :mod:`~p2pgan.privacy.dcor` and :mod:`~p2pgan.privacy.ssim` (the m
 Only the options are imported here, so the config layer can depend on them without a cycle.
 """
 
-from p2pgan.privacy.options import PrivacyOptions, parse_privacy_options
+from p2pgan.config.privacy import PrivacyOptions, parse_privacy_options
 
 __all__ = ["PrivacyOptions", "parse_privacy_options"]

@@ -29,7 +29,7 @@ from p2pgan.model.segments import ClientCut, all_cut_options
 from p2pgan.privacy.attacks import constant_guess, infer_labels, invert
 from p2pgan.privacy.dcor import bias_corrected_distance_correlation, capped
 from p2pgan.privacy.observer import Observation, TensorKey, keys_for, observe, received_keys
-from p2pgan.privacy.options import PrivacyOptions
+from p2pgan.config.privacy import PrivacyOptions
 
 StateDicts = Mapping[str, Mapping[str, torch.Tensor]]  # block name -> state_dict
 

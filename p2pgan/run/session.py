@@ -24,6 +24,7 @@ from p2pgan.run.evaluation import metrics_extension
 from p2pgan.run.latency import latency_extension, scenario_profiles
 from p2pgan.run.nodes import build_transport, run_nodes
 from p2pgan.run.prepare import prepare_run
+from p2pgan.run.privacy import privacy_extension
 from p2pgan.report.write import write_report
 from p2pgan.run.results import ResultsWriter
 from p2pgan.strategies.catalogue import strategy_for
@@ -101,5 +102,6 @@ def _extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter, pro
                 sees_all_nodes: bool) -> list[Extension]:
     """Optional subsystems that observe a run and add to its rounds and summary (latency, metrics)."""
     found = [latency_extension(prepared, bus, writer.directory, program, sees_all_nodes),
-             metrics_extension(prepared, bus, writer.directory)]
+             metrics_extension(prepared, bus, writer.directory),
+             privacy_extension(prepared, bus, writer.directory, program)]
     return [extension for extension in found if extension is not None]

@@ -134,9 +134,10 @@ class Feasibility:
                 raise ConfigError(topology.source, key,
                                   f"{format_bytes(limit)} holds no placement at batch {batch}: the smallest, "
                                   f"{self.placements[smallest]}, needs {format_bytes(self.needs[smallest].total)}")
-            fitting = ", ".join(str(p) for p, ok in zip(self.placements, self.memory_ok[i]) if ok)
+            fitting = [str(p) for p, ok in zip(self.placements, self.memory_ok[i]) if ok]
+            shown = ", ".join(fitting[:3]) + (f" and {len(fitting) - 3} more" if len(fitting) > 3 else "")
             raise ConfigError(topology.source, key,
-                              f"{format_bytes(limit)} at batch {batch} holds only {fitting}, and the privacy budget "
+                              f"{format_bytes(limit)} at batch {batch} holds only {shown}, and the privacy budget "
                               f"({self.budget}) excludes every one of them")
 
     def binding(self, profile: str) -> list[str]:

@@ -17,7 +17,8 @@ Two methods:
     ``encoding="client"`` gives every client its own genes. Vectorised with numpy: a generation
     is a handful of array operations over the whole population. It returns the best plan seen in
     any generation (the reference returns the best of the last one, which can only be worse).
-    Infeasible plans get an infinite price; full-local has no 4-bit code, so the GA never picks it.
+    A gene decoding to an infeasible cut is read as the nearest feasible one (or full-local where
+    no cut fits); full-local has no 4-bit code, so otherwise the GA never picks it.
 
 ``exact``
     Branch and bound over one placement per profile. Clients with the same profile and batch are
@@ -222,6 +223,23 @@ class SearchProblem:
             return np.where(self.feasible(plans, per_client), evaluate(plans), np.inf)
 
         return price
+
+    def repair_table(self, per_client: bool = False) -> np.ndarray:
+        """``(units, len(options))``: each cut itself where feasible for that unit, else the
+        feasible cut differing in the fewest cut values, else full-local."""
+        names = [self.profile_of[c] for c in self.client_ids] if per_client else list(self.profiles)
+        mask = self.feasibility.mask
+        values = np.array([cut.as_tuple() for cut in self.options])
+        distance = np.abs(values[:, None, :] - values[None, :, :]).sum(axis=-1)
+        table = np.empty((len(names), len(self.options)), dtype=np.int64)
+        for u, name in enumerate(names):
+            ok = mask[self.profiles.index(name)]
+            cuts_ok = np.flatnonzero(ok[:len(self.options)])
+            if cuts_ok.size == 0:  # only full-local fits this profile (the check ensured something does)
+                table[u] = np.flatnonzero(ok)[0]
+                continue
+            table[u] = cuts_ok[np.argmin(distance[:, cuts_ok], axis=1)]
+        return table
 
     def choices(self, g: int) -> np.ndarray:
         """The feasible placements of profile ``g``."""
@@ -544,8 +562,16 @@ def genetic_search(problem: SearchProblem, seed: int, params: GAParams = GAParam
         raise P2PGanError(f"unknown GA encoding {params.encoding!r} (expected profile or client)")
     per_client = params.encoding == "client"
     units = len(problem.client_ids) if per_client else len(problem.profiles)
-    evaluate = problem.penalised(per_client)  # infeasible plans: infinitely slow
-    decode = _bits_to_options(problem)
+    evaluate = problem.evaluate_clients if per_client else problem.evaluate
+    # Genes that decode to an infeasible placement are read as the nearest feasible one, so every
+    # genome is a feasible plan (a penalty alone leaves heavily constrained populations empty).
+    bits = _bits_to_options(problem)
+    repair = problem.repair_table(per_client)
+    rows = np.arange(repair.shape[0])
+
+    def decode(genomes: np.ndarray) -> np.ndarray:
+        return repair[rows, bits(genomes)]
+
     rng = np.random.default_rng(seed)
     P, L = params.population, 4 * units
     if P < 2:
@@ -592,9 +618,6 @@ def genetic_search(problem: SearchProblem, seed: int, params: GAParams = GAParam
         history.append(best)
         if progress is not None:
             progress(generation + 1, best)
-    if not np.isfinite(best):
-        raise P2PGanError("the GA found no feasible plan (memory or privacy limits exclude most cuts); "
-                          "use the exact search")
     return decode(best_genome[None, :])[0], best, evaluations, history
 
 

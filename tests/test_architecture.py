@@ -143,7 +143,7 @@ def test_every_strategy_in_the_catalogue_validates_its_own_options(repo_root, tm
 
 def test_default_topology_is_found_from_a_non_editable_install(repo_root, tmp_path):
     target = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                            "--target", str(target), str(repo_root)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     probe = ("import p2pgan.topology.profiles as p, pathlib; path = p.default_topology_path(); "

@@ -40,20 +40,6 @@ class BatchSampler:
 
 
 @dataclass
-class RoundLosses:
-    sums: dict[str, float] = field(default_factory=lambda: {"d_real": 0.0, "d_fake": 0.0, "d_loss": 0.0, "g_loss": 0.0})
-    count: int = 0
-
-    def add(self, losses: ClientLosses) -> None:
-        for key in self.sums:
-            self.sums[key] += getattr(losses, key)
-        self.count += 1
-
-    def means(self) -> dict[str, float]:
-        return {key: value / max(self.count, 1) for key, value in self.sums.items()}
-
-
-@dataclass
 class _Pass:
     """One forward round trip's ends on the client: the head's output and the tail's input."""
 

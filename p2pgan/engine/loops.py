@@ -6,11 +6,26 @@ Client-side and server-side node kinds (the split engine's and the baselines') i
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from p2pgan.plan.run import Schedule
 from p2pgan.bus import EventBus
-from p2pgan.protocol.events import NodeStateEvent
+from p2pgan.protocol.events import ClientLosses, NodeStateEvent
+
+
+@dataclass
+class RoundLosses:
+    sums: dict[str, float] = field(default_factory=lambda: {"d_real": 0.0, "d_fake": 0.0, "d_loss": 0.0, "g_loss": 0.0})
+    count: int = 0
+
+    def add(self, losses: ClientLosses) -> None:
+        for key in self.sums:
+            self.sums[key] += getattr(losses, key)
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: value / max(self.count, 1) for key, value in self.sums.items()}
 
 
 class ClientRole(Protocol):
@@ -31,8 +46,6 @@ class ServerRole(Protocol):
 
 async def run_client(node: ClientRole, schedule: Schedule, bus: EventBus) -> None:
     """Iterate, publish every step's losses, and send the round's mean losses with the parameters."""
-    from p2pgan.engine.client import RoundLosses
-
     for round_ in range(1, schedule.rounds + 1):
         round_losses = RoundLosses()
         for step in range(schedule.steps_per_round):

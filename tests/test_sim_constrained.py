@@ -53,7 +53,8 @@ def star(rng: random.Random, profiles: int, shared: bool = False, memory: dict |
                                         "latency_s": rng.choice([0.0, 0.01]),
                                         **({"via": rng.sample(["site"], rng.randint(0, 1))} if shared else {})}}
                      for k in range(profiles)},
-        "server": {"clock_hz": 10 ** rng.uniform(9.5, 11), "flops_per_cycle": 1, **({"via": ["nic"]} if shared else {})},
+        "server": {"clock_hz": 10 ** rng.uniform(9.5, 11), "flops_per_cycle": 1,
+                   **({"via": ["nic"]} if shared else {})},
     }
     if shared:
         raw["shared"] = {name: {"up_bps": 10 ** rng.uniform(7, 8.5), "down_bps": 10 ** rng.uniform(7, 8.5)}
@@ -77,9 +78,9 @@ def test_memory_need_is_params_gradients_adam_and_live_activations(costs):
     split = split_client(cut)
     need = memory_need(split, costs, B)
     params = sum(costs[b].param_bytes for b in split.client_blocks)
-    g_acts = sum(costs[b].out_bytes for b in split.generator.client_blocks) + costs[split.generator.server[-1]].out_bytes
-    d_acts = sum(costs[b].out_bytes for b in split.discriminator.client_blocks) + \
-        costs[split.discriminator.server[-1]].out_bytes
+    g, d = split.generator, split.discriminator
+    g_acts = sum(costs[b].out_bytes for b in g.client_blocks) + costs[g.server[-1]].out_bytes  # + tail input
+    d_acts = sum(costs[b].out_bytes for b in d.client_blocks) + costs[d.server[-1]].out_bytes
     assert need.total == 4 * params + B * (g_acts + 2 * d_acts)
     full = memory_need(FULL_LOCAL.split(), costs, B).total
     local = memory_need(split_client(ClientCut(1, 1, 1, 1)), costs, B).total
@@ -134,7 +135,8 @@ def test_no_placement_that_fits_is_a_one_line_error_naming_file_and_profile(cost
     with pytest.raises(ConfigError) as info:
         search_cuts("exact", ids, costs, 32, topo, topo.assign_profiles(ids), 0)
     text = str(info.value)
-    assert text.startswith("tiny.yaml:profiles.p1.memory_bytes: 1 KiB holds no placement at batch 32") and "\n" not in text
+    assert text.startswith("tiny.yaml:profiles.p1.memory_bytes: 1 KiB holds no placement at batch 32")
+    assert "\n" not in text
     # Memory for the smallest cut only, and a budget that cuts it: both limits are named.
     need = needs(costs, 32)
     smallest = min(need.values())
@@ -263,10 +265,6 @@ def test_budget_values_and_leakage_tables_give_one_line_errors(costs):
 # -- exact under SimPy's price with shared capacity --------------------------------------------
 
 
-def simpy_seconds(problem: SearchProblem, plan) -> float:
-    return problem.simulate(plan)
-
-
 @pytest.mark.parametrize("seed", range(40))
 def test_contention_bound_lies_between_analytic_and_simpy(costs, seed):
     rng = random.Random(200 + seed)
@@ -312,12 +310,12 @@ def test_simpy_exact_search_equals_brute_force_under_shared_capacity(costs, seed
     result = run_search("exact", ids, costs, batch, topo, assignment, 0, space=space, price="simpy")
     problem = SearchProblem.build(ids, costs, batch, topo, assignment, space)
     every = feasible_plans(problem)
-    sims = np.array([simpy_seconds(problem, plan) for plan in every])
+    sims = np.array([problem.simulate(plan) for plan in every])
     proof = result.proof
     assert proof is not None and proof.proven
     assert proof.simulated_s == pytest.approx(sims.min(), rel=1e-9)
     chosen = np.array([problem.placements.index(result.per_profile_placement[p]) for p in problem.profiles])
-    assert simpy_seconds(problem, chosen) == pytest.approx(sims.min(), rel=1e-9)
+    assert problem.simulate(chosen) == pytest.approx(sims.min(), rel=1e-9)
     # The analytic model prices the chosen plan no higher than SimPy, and its own optimum no
     # better under SimPy than the plan returned.
     assert proof.analytic_s <= proof.simulated_s * (1 + 1e-12)

@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from dataclasses import dataclass as value
+from typing import Optional
+
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from p2pgan.errors import ConfigError
 
@@ -53,3 +57,45 @@ def parse_privacy_options(raw: Mapping[str, Any] | None, source: str, key: str =
             allowed = ", ".join(PrivacyOptions.__pydantic_fields__)
             raise ConfigError(source, loc, f"unknown key (expected one of: {allowed})") from None
         raise ConfigError(source, loc, f"{error['msg']}, got {error.get('input')!r}") from None
+
+
+@value(frozen=True)
+class Leakage:
+    """What a server infers from one cut: reconstruction SSIM and label-probe accuracy, in [0, 1]."""
+
+    ssim: float
+    label_accuracy: float
+
+
+@pydantic_dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False), frozen=True)
+class CutPrivacyBudget:
+    """Upper bounds on what the server may infer; an omitted bound does not constrain.
+
+    Numbers must be written as numbers (``strict``: YAML's ``yes`` or ``"0.3"`` are refused), as in
+    the rest of the scenario schema."""
+
+    max_ssim: Optional[float] = Field(default=None, ge=0, le=1, strict=True)
+    max_label_accuracy: Optional[float] = Field(default=None, ge=0, le=1, strict=True)
+
+    @property
+    def constrains(self) -> bool:
+        return self.max_ssim is not None or self.max_label_accuracy is not None
+
+    def admits(self, leakage: Leakage) -> bool:
+        return ((self.max_ssim is None or leakage.ssim <= self.max_ssim)
+                and (self.max_label_accuracy is None or leakage.label_accuracy <= self.max_label_accuracy))
+
+    def exceeded_by(self, leakage: Leakage) -> list[str]:
+        """Which bounds ``leakage`` exceeds (``["max_ssim"]``, ...), for messages."""
+        out = []
+        if self.max_ssim is not None and leakage.ssim > self.max_ssim:
+            out.append("max_ssim")
+        if self.max_label_accuracy is not None and leakage.label_accuracy > self.max_label_accuracy:
+            out.append("max_label_accuracy")
+        return out
+
+    def __str__(self) -> str:
+        parts = [f"{key} {value:g}" for key, value in (("max_ssim", self.max_ssim),
+                                                       ("max_label_accuracy", self.max_label_accuracy))
+                 if value is not None]
+        return ", ".join(parts) or "none"

@@ -12,7 +12,9 @@ from typing import Any, Literal, Optional
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-from p2pgan.config.privacy import PrivacyOptions
+from p2pgan.config.privacy import CutPrivacyBudget, PrivacyOptions
+from p2pgan.config.domains import (BUILTIN_DOMAINS, MAX_CLIENTS_PER_DOMAIN, DataShape, DomainEntry, UserDomain, check_domain_names,
+                                   client_counts, data_shape, domain_entry, resolve_user_domains, user_domains)
 from p2pgan.model.blocks import ModelSpec
 from p2pgan.model.policies import SCENARIO_POLICIES
 
@@ -27,9 +29,8 @@ scikit-learn's KMeans ``random_state`` (a legacy RandomState) only [0, 2**32).""
 MAX_SECONDS = 1e6
 """Upper bound on a duration (about 11.6 days): larger values overflow asyncio and threading timeouts."""
 MAX_NAME_CHARS = 100
-MAX_CLIENTS_PER_DOMAIN = 10_000
 
-DOMAINS = ("mnist", "fashion-mnist", "kmnist", "glyphs")
+DOMAINS = BUILTIN_DOMAINS
 CutTuple = tuple[int, int, int, int]
 
 
@@ -56,8 +57,10 @@ class ModelSection:
     width: float = Field(default=1.0, gt=0, le=8, strict=True)
     z_dim: int = Field(default=100, ge=1, le=4096, strict=True)
 
-    def to_spec(self) -> ModelSpec:
-        return ModelSpec(width=self.width, z_dim=self.z_dim)
+    def to_spec(self, image_channels: int = 1, image_size: int = 28, num_classes: int = 10) -> ModelSpec:
+        """The model for images of this shape (a scenario's: :attr:`Scenario.model_spec`)."""
+        return ModelSpec(width=self.width, z_dim=self.z_dim, num_classes=num_classes,
+                         image_channels=image_channels, image_size=image_size)
 
 
 @dataclass(config=STRICT)
@@ -91,6 +94,8 @@ class CutsSpec:
     per_client: Optional[list[CutTuple]] = None
     policy: Optional[Literal[SCENARIO_POLICIES]] = None  # type: ignore[valid-type]
     search: Optional[Literal["exact", "ga"]] = None
+    privacy: Optional[CutPrivacyBudget] = None
+    """Leakage budgets the searched cuts must respect (measured by the leakage audit, cached)."""
 
     @field_validator("fixed", "per_client", mode="before")
     @classmethod
@@ -100,6 +105,8 @@ class CutsSpec:
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "CutsSpec":
+        if self.privacy is not None and self.search is None:
+            raise ValueError("@privacy a privacy budget constrains a cut search (expected search: exact|ga beside it)")
         chosen = [k for k in ("fixed", "per_client", "policy", "search") if getattr(self, k) is not None]
         if len(chosen) != 1:
             raise ValueError("give exactly one of fixed, per_client, policy, search "
@@ -156,7 +163,8 @@ class OutputSpec:
 @dataclass(config=STRICT)
 class Scenario:
     name: str
-    domains: dict[str, int]
+    domains: dict[str, DomainEntry]
+    """Built-in domain -> clients, or a name -> :class:`~p2pgan.config.domains.UserDomain`."""
     seed: int = Field(default=0, ge=0, le=SEED_MAX, strict=True)
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
@@ -195,26 +203,23 @@ class Scenario:
 
     @field_validator("domains", mode="before")
     @classmethod
-    def _counts_are_numbers(cls, domains: object) -> object:
+    def _counts_or_datasets(cls, domains: object) -> object:
         if isinstance(domains, dict):
-            for domain, count in domains.items():
-                if isinstance(count, bool) or not isinstance(count, int):
-                    raise ValueError(f"{domain} needs a whole number of clients, got {count!r}")
+            return {domain: domain_entry(domain, entry) for domain, entry in domains.items()}
         return domains
 
     @field_validator("domains")
     @classmethod
-    def _known_domains(cls, domains: dict[str, int]) -> dict[str, int]:
-        if not domains:
-            raise ValueError("at least one domain is needed (expected e.g. {mnist: 4})")
-        for domain, count in domains.items():
-            if domain not in DOMAINS:
-                raise ValueError(f"unknown domain {domain!r} (expected one of: {', '.join(DOMAINS)})")
-            if count < 1:
-                raise ValueError(f"{domain} needs at least 1 client, got {count}")
-            if count > MAX_CLIENTS_PER_DOMAIN:
-                raise ValueError(f"{domain} asks for {count} clients (expected at most {MAX_CLIENTS_PER_DOMAIN})")
+    def _known_domains(cls, domains: dict[str, DomainEntry]) -> dict[str, DomainEntry]:
+        check_domain_names(domains)
         return domains
+
+    @model_validator(mode="after")
+    def _datasets_found(self) -> "Scenario":
+        # Dataset paths are relative to the scenario file (the loader passes it as ``source``).
+        base = Path(self.source).resolve().parent if self.source is not None else Path.cwd()
+        resolve_user_domains(self.domains, base)
+        return self
 
     @model_validator(mode="after")
     def _cuts_match_clients(self) -> "Scenario":
@@ -241,7 +246,29 @@ class Scenario:
 
     @property
     def num_clients(self) -> int:
-        return sum(self.domains.values())
+        return sum(self.client_counts.values())
+
+    @property
+    def client_counts(self) -> dict[str, int]:
+        """Domain -> number of clients, for every domain (built-in or a user dataset)."""
+        return client_counts(self.domains)
+
+    @property
+    def datasets(self) -> dict[str, UserDomain]:
+        """The domains read from the user's files (``load_domain(..., dataset=scenario.datasets.get(d))``)."""
+        return user_domains(self.domains)
+
+    @property
+    def data_shape(self) -> DataShape:
+        """Image channels, side and class count shared by every domain of the scenario."""
+        return data_shape(self.domains)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The ``model:`` section sized for this scenario's images and classes."""
+        shape = self.data_shape
+        return self.model.to_spec(image_channels=shape.channels, image_size=shape.size,
+                                  num_classes=shape.num_classes)
 
     @property
     def results_dir(self) -> Path:

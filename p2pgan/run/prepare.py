@@ -23,7 +23,8 @@ from p2pgan.plan.cuts import resolve_cuts
 from p2pgan.plan.nodedata import ClientRecord, LocalData, PreparedRun
 from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.plan.setup import NodeSetup
-from p2pgan.sim.search import search_cuts
+from p2pgan.run.leakage import measured_leakage
+from p2pgan.sim.search import SearchSpace, run_search
 from p2pgan.strategies.catalogue import strategy_for
 from p2pgan.topology.profiles import load_topology
 
@@ -85,8 +86,13 @@ def _search(costs: ModelCosts):
         assert scenario.topology is not None and scenario.cuts.search is not None
         topology = load_topology(scenario.topology)
         assignment = topology.assign_profiles(list(client_ids))
-        return search_cuts(scenario.cuts.search, list(client_ids), costs, scenario.training.batch_size,
-                           topology, assignment, scenario.seed)
+        budget = scenario.cuts.privacy
+        space = SearchSpace()
+        if budget is not None and budget.constrains:
+            space = SearchSpace(leakage=measured_leakage(scenario), budget=budget)
+        # Exact under SimPy's price where links share capacity (elsewhere the same as analytic).
+        return run_search(scenario.cuts.search, list(client_ids), costs, scenario.training.batch_size, topology,
+                          assignment, scenario.seed, space=space, price="simpy").cuts
     return search
 
 

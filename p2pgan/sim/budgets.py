@@ -10,70 +10,27 @@ Scenario syntax (the section class is parsed once, at the edge)::
 
     cuts: {search: exact, privacy: {max_ssim: 0.3, max_label_accuracy: 0.5}}
 
-It imports no other part of the simulator, so the scenario schema can import it.
+The two value types live in :mod:`p2pgan.config.privacy`, so the scenario schema holds them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from pydantic import ConfigDict, Field, ValidationError
-from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic import ValidationError
 
+from p2pgan.config.privacy import CutPrivacyBudget, Leakage
 from p2pgan.errors import ConfigError
 from p2pgan.model.segments import ClientCut
-
-
-@dataclass(frozen=True)
-class Leakage:
-    """What a server infers from one cut: reconstruction SSIM and label-probe accuracy, in [0, 1]."""
-
-    ssim: float
-    label_accuracy: float
 
 
 NO_LEAKAGE = Leakage(0.0, 0.0)
 """Full-local training sends no activation or gradient during iterations."""
 
 LeakageTable = Mapping[ClientCut, Leakage]
-
-
-@pydantic_dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False), frozen=True)
-class CutPrivacyBudget:
-    """Upper bounds on what the server may infer; an omitted bound does not constrain.
-
-    Numbers must be written as numbers (``strict``: YAML's ``yes`` or ``"0.3"`` are refused), as in
-    the rest of the scenario schema."""
-
-    max_ssim: Optional[float] = Field(default=None, ge=0, le=1, strict=True)
-    max_label_accuracy: Optional[float] = Field(default=None, ge=0, le=1, strict=True)
-
-    @property
-    def constrains(self) -> bool:
-        return self.max_ssim is not None or self.max_label_accuracy is not None
-
-    def admits(self, leakage: Leakage) -> bool:
-        return ((self.max_ssim is None or leakage.ssim <= self.max_ssim)
-                and (self.max_label_accuracy is None or leakage.label_accuracy <= self.max_label_accuracy))
-
-    def exceeded_by(self, leakage: Leakage) -> list[str]:
-        """Which bounds ``leakage`` exceeds (``["max_ssim"]``, ...), for messages."""
-        out = []
-        if self.max_ssim is not None and leakage.ssim > self.max_ssim:
-            out.append("max_ssim")
-        if self.max_label_accuracy is not None and leakage.label_accuracy > self.max_label_accuracy:
-            out.append("max_label_accuracy")
-        return out
-
-    def __str__(self) -> str:
-        parts = [f"{key} {value:g}" for key, value in (("max_ssim", self.max_ssim),
-                                                       ("max_label_accuracy", self.max_label_accuracy))
-                 if value is not None]
-        return ", ".join(parts) or "none"
 
 
 NO_BUDGET = CutPrivacyBudget()

@@ -177,7 +177,6 @@ def contention_seconds(options: np.ndarray, table: OptionTable, groups: GroupArr
            for step in exchanges for trip in step.trips}
     lead = options.shape[:-1]
     Rs = groups.server_rate
-    N = options.shape[-1]
 
     def column(trip: RoundTrip, what: str) -> np.ndarray:
         return col[_trip_column(trip, what)]

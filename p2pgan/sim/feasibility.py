@@ -60,7 +60,8 @@ def _activation_bytes(split: NetworkSplit, costs: ModelCosts) -> int:
 
 def memory_need(split: ClientSplit, costs: ModelCosts, batch: int) -> MemoryNeed:
     params = sum(costs[name].param_bytes for name in split.client_blocks)
-    activations = batch * (_activation_bytes(split.generator, costs) + 2 * _activation_bytes(split.discriminator, costs))
+    per_sample = _activation_bytes(split.generator, costs) + 2 * _activation_bytes(split.discriminator, costs)
+    activations = batch * per_sample
     return MemoryNeed(params, params, ADAM_STATE * params, activations)
 
 
@@ -116,8 +117,8 @@ class Feasibility:
                 limit = topology.profile(name).memory_bytes
                 if limit is not None:
                     memory_ok[i] = [need.total <= limit for need in needs]
-        privacy_ok = np.array([budget.admits(leak) if (leak := placement_leakage(p, leakage, budget)) else True
-                               for p in placements], dtype=bool)
+        leaks = [placement_leakage(p, leakage, budget) for p in placements]
+        privacy_ok = np.array([leak is None or budget.admits(leak) for leak in leaks], dtype=bool)
         out = cls(tuple(profiles), placements, needs, memory_ok, privacy_ok, budget)
         out.check(topology, batch)
         return out

@@ -1,4 +1,4 @@
-"""Datasets (MNIST-family domains) and client partitions."""
+"""Datasets (the MNIST-family domains and datasets of the user's own images) and client partitions."""
 
 from p2pgan.data.idx import read_idx, read_idx_images, read_idx_labels, read_mnist_csv, write_idx
 from p2pgan.data.partition import (

@@ -32,7 +32,12 @@ __all__ = [
     "encode_idx",
     "gzip_bytes",
     "read_mnist_csv",
+    "find_idx_pair",
+    "IDX_SPLIT_STEMS",
 ]
+
+IDX_SPLIT_STEMS = {"train": ("train",), "test": ("t10k", "test")}
+"""File-name stems of each split: ``train-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, ..."""
 
 # type code -> big-endian numpy dtype
 IDX_TYPES: dict[int, np.dtype] = {
@@ -158,6 +163,23 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, compress: bool | 
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_bytes(data)
     return p
+
+
+def find_idx_pair(directory: Path, stems: tuple[str, ...]) -> tuple[Path, Path] | None:
+    """The ``<stem>-images-idx3-ubyte[.gz]`` / ``<stem>-labels-idx1-ubyte[.gz]`` pair in
+    ``directory`` (``.`` also accepted for the ``-`` before ``idx``), for the first stem that has
+    one; ``None`` when there is none, :class:`DataError` when one file lacks its partner."""
+    for stem in stems:
+        img_names = [f"{stem}-images{sep}idx3-ubyte{gz}" for sep in "-." for gz in ("", ".gz")]
+        lbl_names = [f"{stem}-labels{sep}idx1-ubyte{gz}" for sep in "-." for gz in ("", ".gz")]
+        images = next((directory / n for n in img_names if (directory / n).is_file()), None)
+        labels = next((directory / n for n in lbl_names if (directory / n).is_file()), None)
+        if images and labels:
+            return images, labels
+        if images or labels:
+            have, missing = (images, lbl_names[0]) if images else (labels, img_names[0])
+            raise _fail(have, f"found without its partner file {missing}[.gz] in {directory}")
+    return None
 
 
 def _is_int(field: str) -> bool:

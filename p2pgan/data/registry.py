@@ -13,6 +13,9 @@ is never mixed from two sources):
    ``tools/make_offline_data.py``; at most 5,000 train / 1,000 test images per domain,
    class-balanced), checked against its manifest's sha256.
 
+A domain of the user's own images (a ``domains:`` entry with a ``path``) is loaded from its files
+instead: ``load_domain(name, split, dataset=scenario.datasets[name])`` (see :mod:`p2pgan.data.user`).
+
 A location counts only if it has both splits. If ``data_root`` is given but has no complete copy of
 a domain, the next source is used and ``DomainData.source`` says why. Files that exist but are
 malformed raise :class:`~p2pgan.errors.DataError` (no silent fallback).
@@ -32,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from p2pgan.data.idx import read_idx_images, read_idx_labels, read_mnist_csv
+from p2pgan.config.domains import UserDomain
+from p2pgan.data.idx import IDX_SPLIT_STEMS, find_idx_pair, read_idx_images, read_idx_labels, read_mnist_csv
+from p2pgan.data.user import UserSource, read_user_dataset
 from p2pgan.errors import DataError
 
 __all__ = [
@@ -121,13 +126,13 @@ SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {
     "fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),),
 }
 
-_SPLIT_STEMS = {"train": ("train",), "test": ("t10k", "test")}
 _CSV_TRAIN = {"mnist": ("mnist_5k.csv", "mnist_5k.csv.gz")}
 
 
 @dataclass(frozen=True, eq=False)
 class DomainData:
-    """One split of one domain: uint8 images ``[N, 28, 28]`` and int64 labels ``[N]``."""
+    """One split of one domain: uint8 images ``[N, H, W]`` (grey; 28×28 for the built-in domains)
+    or ``[N, 3, H, W]`` (RGB, a user dataset), and int64 labels ``[N]``."""
 
     domain: str
     split: str
@@ -193,16 +198,9 @@ def _first_existing(directory: Path, names: list[str]) -> Path | None:
 
 
 def _find_split(directory: Path, domain: str, split: str) -> _SplitFiles | None:
-    for stem in _SPLIT_STEMS[split]:
-        img_names = [f"{stem}-images{sep}idx3-ubyte{gz}" for sep in "-." for gz in ("", ".gz")]
-        lbl_names = [f"{stem}-labels{sep}idx1-ubyte{gz}" for sep in "-." for gz in ("", ".gz")]
-        images = _first_existing(directory, img_names)
-        labels = _first_existing(directory, lbl_names)
-        if images and labels:
-            return _SplitFiles(images, labels)
-        if images or labels:
-            have, missing = (images, lbl_names[0]) if images else (labels, img_names[0])
-            raise DataError(f"{have}: found without its partner file {missing}[.gz] in {directory}")
+    pair = find_idx_pair(directory, IDX_SPLIT_STEMS[split])
+    if pair is not None:
+        return _SplitFiles(*pair)
     if split == "train" and domain in _CSV_TRAIN:
         csv = _first_existing(directory, list(_CSV_TRAIN[domain]))
         if csv:
@@ -348,12 +346,35 @@ def _root_key(data_root: Path | str | None) -> str | None:
     return str(Path(os.path.expanduser(str(data_root))).absolute())
 
 
-def load_domain(domain: str, split: str, data_root: Path | str | None = None) -> DomainData:
-    """Load one split (``"train"`` or ``"test"``) of a domain; see the module doc for where from."""
+def load_domain(domain: str, split: str, data_root: Path | str | None = None,
+                dataset: UserDomain | None = None) -> DomainData:
+    """Load one split (``"train"`` or ``"test"``) of a domain; see the module doc for where from.
+
+    ``dataset``: the domain's entry when it is a dataset of the user's own files (a scenario's
+    ``scenario.datasets.get(domain)``; ``None`` for a built-in domain, read from ``data_root``).
+    """
+    if dataset is not None:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r} for domain {domain} (expected train or test)")
+        return _load_user(UserSource.of(str(domain), dataset), split)
     name = canonical_domain(domain)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for domain {name} (expected train or test)")
     return _load_cached(name, split, _root_key(data_root))
+
+
+@functools.lru_cache(maxsize=None)
+def _read_user(source: UserSource):
+    return read_user_dataset(source)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_user(source: UserSource, split: str) -> DomainData:
+    splits = _read_user(source)
+    images = splits.train_images if split == "train" else splits.test_images
+    labels = splits.train_labels if split == "train" else splits.test_labels
+    return DomainData(domain=source.name, split=split, images=torch.from_numpy(images),
+                      labels=torch.from_numpy(labels), source=splits.source)
 
 
 def describe_domains(data_root: Path | str | None = None) -> list[DomainInfo]:
@@ -369,12 +390,14 @@ def describe_domains(data_root: Path | str | None = None) -> list[DomainInfo]:
 def clear_cache() -> None:
     """Forget loaded data and resolved locations (e.g. after files changed on disk)."""
     _load_cached.cache_clear()
+    _load_user.cache_clear()
+    _read_user.cache_clear()
     _resolve.cache_clear()
     _offline_manifest.cache_clear()
 
 
 def to_model_input(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 images ``[N, H, W]`` or ``[N, 1, H, W]`` → float32 ``[N, 1, H, W]`` in [-1, 1]."""
+    """uint8 images ``[N, H, W]`` or ``[N, C, H, W]`` (C 1 or 3) → float32 ``[N, C, H, W]`` in [-1, 1]."""
     if not isinstance(images_uint8, torch.Tensor):
         images_uint8 = torch.as_tensor(np.asarray(images_uint8))
     if images_uint8.dtype != torch.uint8:
@@ -382,6 +405,6 @@ def to_model_input(images_uint8: torch.Tensor) -> torch.Tensor:
     x = images_uint8
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    elif not (x.dim() == 4 and x.shape[1] == 1):
-        raise ValueError(f"to_model_input expects [N, H, W] or [N, 1, H, W], got {tuple(x.shape)}")
+    elif not (x.dim() == 4 and x.shape[1] in (1, 3)):
+        raise ValueError(f"to_model_input expects [N, H, W] or [N, C, H, W] with C 1 or 3, got {tuple(x.shape)}")
     return x.to(torch.float32).div_(127.5).sub_(1.0)

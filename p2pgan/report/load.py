@@ -487,13 +487,16 @@ def _domain_counts(domains: Any) -> dict[str, int]:
 
 
 def class_names(domain: str, domains_config: Any) -> tuple[str, ...]:
-    """A domain's class names: from its scenario entry if it has them, else the built-in registry.
+    """A domain's class names: from its scenario entry if it has them (a user dataset's
+    ``classes``), else the built-in registry.
 
     Unknown: an empty tuple (the figures then number the rows).
     """
     entry = domains_config.get(domain) if isinstance(domains_config, Mapping) else None
-    if isinstance(entry, Mapping) and entry.get("class_names"):
-        return tuple(str(n) for n in entry["class_names"])
+    if isinstance(entry, Mapping):
+        names = entry.get("classes") or entry.get("class_names")
+        if isinstance(names, (list, tuple)) and names:
+            return tuple(str(n) for n in names)
     try:
         return tuple(domain_spec(domain).class_names)
     except DataError:

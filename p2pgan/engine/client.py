@@ -8,8 +8,11 @@ import torch
 from torch.nn import functional as F
 
 from p2pgan.bus import EventBus
-from p2pgan.engine.loops import run_client
+from p2pgan.errors import P2PGanError
+from p2pgan.engine.loops import RoundCheckpoint, run_client
 from p2pgan.engine.port import NodePort
+from p2pgan.engine.state import (NodeState, blocks_state, generator_state, load_blocks, load_generator,
+                                 load_optimizers, optimizers_state)
 from p2pgan.ids import SERVER_ID
 from p2pgan.model.blocks import NETWORKS, build_initial_blocks
 from p2pgan.model.segments import Segment
@@ -37,6 +40,16 @@ class BatchSampler:
             self._order = torch.cat([self._order, torch.randperm(self._size, generator=self._gen)])
         batch, self._order = self._order[: self._batch], self._order[self._batch:]
         return batch
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The rest of the current permutation (the generator is the node's own, saved by it)."""
+        return {"sampler/order": self._order.clone()}
+
+    def load_state(self, state: NodeState) -> None:
+        order = state.tensors.get("sampler/order")
+        if order is None or (order.numel() and int(order.max()) >= self._size):
+            raise P2PGanError(f"checkpoint of node {state.node_id} does not match this run (sampler order)")
+        self._order = order.clone().long()
 
 
 @dataclass
@@ -85,8 +98,19 @@ class ClientNode:
         self._segments: dict[tuple[str, ...], Segment] = {}
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
 
-    async def run(self) -> None:
-        await run_client(self, self._schedule, self._bus)
+    async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
+        await run_client(self, self._schedule, self._bus, first_round, checkpoint)
+
+    def state_dict(self) -> NodeState:
+        """Blocks, Adam state, the random stream and the sampler's position, at a round end."""
+        return NodeState(self.node_id, {**blocks_state(self.blocks), **optimizers_state(self._optimizers),
+                                        **generator_state("node", self._gen), **self._sampler.state()})
+
+    def load_state_dict(self, state: NodeState) -> None:
+        load_blocks(state, self.blocks)
+        load_optimizers(state, self._optimizers)
+        load_generator(state, "node", self._gen)
+        self._sampler.load_state(state)
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)

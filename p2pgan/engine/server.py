@@ -9,7 +9,8 @@ import torch
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 
 from p2pgan.ids import SERVER_ID
-from p2pgan.engine.loops import run_server
+from p2pgan.engine.loops import RoundCheckpoint, run_server
+from p2pgan.engine.state import NodeState, blocks_state, copy, load_blocks, load_optimizers, optimizers_state
 from p2pgan.plan.run import ClientPlan, RunPlan, feature_block
 from p2pgan.engine.port import NodePort
 from p2pgan.plan.setup import NodeSetup
@@ -53,8 +54,18 @@ class ServerNode:
         self._features: dict[str, torch.Tensor] = {}
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
 
-    async def run(self) -> None:
-        await run_server(self, self._plan.schedule, self._bus)
+    async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
+        await run_server(self, self._plan.schedule, self._bus, first_round, checkpoint)
+
+    def state_dict(self) -> NodeState:
+        """Blocks, Adam state and the clustering features kept from the last D pass."""
+        features = {f"features/{cid}": copy(t) for cid, t in self._features.items()}
+        return NodeState(self.node_id, {**blocks_state(self.blocks), **optimizers_state(self._optimizers), **features})
+
+    def load_state_dict(self, state: NodeState) -> None:
+        load_blocks(state, self.blocks)
+        load_optimizers(state, self._optimizers)
+        self._features = {cid: t.clone() for cid, t in state.under("features").items()}
 
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -69,7 +70,7 @@ def clustering_ari(clusters: Mapping[str, int], domains_of: Mapping[str, tuple[s
 class RunEvaluator:
     """The observer behind :func:`metrics_extension` (see the module doc)."""
 
-    def __init__(self, prepared, bus: EventBus, directory: Path) -> None:
+    def __init__(self, prepared, bus: EventBus, directory: Path, fresh: bool = True) -> None:
         from p2pgan.metrics import MetricsConfig
 
         scenario = prepared.scenario
@@ -83,17 +84,22 @@ class RunEvaluator:
         cache_dir = Path(spec.cache_dir) if spec.cache_dir is not None else default_cache_dir()
         self.config = MetricsConfig(score_samples=spec.score_samples, utility_samples=spec.utility_samples,
                                     classifier_epochs=spec.classifier_epochs, utility_epochs=spec.utility_epochs,
-                                    seed=scenario.seed, cache_dir=str(cache_dir))
+                                    seed=scenario.seed, cache_dir=str(cache_dir),
+                                    num_classes=scenario.data_shape.num_classes)
         self.rounds = prepared.plan.schedule.rounds
         self.history: dict[str, dict[int, float]] = {d: {} for d in self.domains}
         self.per_round: list[dict[str, Any]] = []
         self.last_event: RoundAggregated | None = None
         self.disabled_reason: str | None = None
+        self._disabled_round: int | None = None
         self._judges: dict[str, Any] = {}
         self._tests: dict[str, Any] = {}
         self._started = time.perf_counter()
-        for stale in ("metrics.csv", "metrics.jsonl", "final_metrics.json", "final_metrics.csv", "gen_scores.png"):
-            (self.directory / stale).unlink(missing_ok=True)
+        # Rounds are evaluated on the closer's thread; a checkpoint reads the history on the loop's.
+        self._lock = threading.Lock()
+        if fresh:  # a resumed run continues the files (cut back to its checkpoint) instead
+            for stale in ("metrics.csv", "metrics.jsonl", "final_metrics.json", "final_metrics.csv", "gen_scores.png"):
+                (self.directory / stale).unlink(missing_ok=True)
 
     # -- data and judges ----------------------------------------------------------------------
 
@@ -116,7 +122,8 @@ class RunEvaluator:
             from p2pgan.data import load_domain
             from p2pgan.metrics import domain_classifier
 
-            train = load_domain(domain, "train", self.prepared.scenario.data.root)
+            scenario = self.prepared.scenario
+            train = load_domain(domain, "train", scenario.data.root, scenario.datasets.get(domain))
             self._judges[domain] = domain_classifier(domain, train, self.config)
         return self._judges[domain]
 
@@ -124,7 +131,8 @@ class RunEvaluator:
         if domain not in self._tests:
             from p2pgan.data import load_domain
 
-            self._tests[domain] = load_domain(domain, "test", self.prepared.scenario.data.root)
+            scenario = self.prepared.scenario
+            self._tests[domain] = load_domain(domain, "test", scenario.data.root, scenario.datasets.get(domain))
         return self._tests[domain]
 
     def generator(self, cluster_models: Mapping[int, Any], cluster: int):
@@ -146,7 +154,9 @@ class RunEvaluator:
         try:
             return self.evaluate_round(event)
         except Exception as exc:  # never let evaluation kill training
-            self.disabled_reason = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                self.disabled_reason = f"{type(exc).__name__}: {exc}"
+                self._disabled_round = event.round
             (self.directory / "metrics_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             return {"log": [("error", f"metrics disabled after an error in round {event.round}: "
                                       f"{self.disabled_reason}")]}
@@ -165,13 +175,15 @@ class RunEvaluator:
             m = evaluate_domain(domain, gen, gen.z_dim, test=self.test_split(domain), config=self.config,
                                 classifier=self.judge(domain), utility=False, fid=True)
             per_domain[domain] = {"cluster": cluster, "gen_score": m.gen_score, "fid": m.fid}
-            self.history[domain][event.round] = m.gen_score
+            with self._lock:
+                self.history[domain][event.round] = m.gen_score
             labels, z = gen.sample_grid_inputs(per_class, self.prepared.scenario.seed)
             save_image_grid(gen(labels, z), self.directory / "samples" / f"round-{event.round}" / f"{domain}.png",
                             nrow=per_class)
         record = {"round": event.round, "wall_s": round(time.perf_counter() - self._started, 3), "ari": ari,
                   "domains": per_domain}
-        self.per_round.append(record)
+        with self._lock:
+            self.per_round.append(record)
         self._append_csv(event.round, per_domain, ari)
         with (self.directory / "metrics.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -196,6 +208,31 @@ class RunEvaluator:
             for domain, values in per_domain.items():
                 writer.writerow([round_, domain, values["cluster"], _fmt(values["gen_score"]), _fmt(values["fid"]),
                                  _fmt(ari)])
+
+    # -- checkpoints (run/checkpoint.py) ------------------------------------------------------
+
+    def checkpoint_round(self, round_: int) -> tuple[dict[str, Any], None]:
+        """The metric history up to ``round_`` (later rounds may be in evaluation meanwhile)."""
+        with self._lock:
+            disabled = (self.disabled_reason if self._disabled_round is not None and self._disabled_round <= round_
+                        else None)
+            return {
+                "per_round": [record for record in self.per_round if record["round"] <= round_],
+                "history": {d: {str(r): v for r, v in h.items() if r <= round_} for d, h in self.history.items()},
+                "disabled": None if disabled is None else {"round": self._disabled_round, "reason": disabled},
+            }, None
+
+    def restore(self, state, journal) -> None:
+        with self._lock:
+            self.per_round = [dict(record) for record in state["per_round"]]
+            self.history = {d: {} for d in self.domains}
+            for domain, scores in state["history"].items():
+                self.history.setdefault(domain, {}).update({int(r): float(v) for r, v in scores.items()})
+            disabled = state.get("disabled")
+            if disabled:
+                self.disabled_reason, self._disabled_round = str(disabled["reason"]), int(disabled["round"])
+            if self.per_round:  # metrics.jsonl's wall_s goes on from where the run stopped
+                self._started = time.perf_counter() - float(self.per_round[-1].get("wall_s", 0.0))
 
     # -- at the end ---------------------------------------------------------------------------
 
@@ -276,11 +313,12 @@ def _fmt(value: Any) -> str:
     return "" if value is None else repr(round(float(value), 6))
 
 
-def metrics_extension(prepared, bus: EventBus, directory: Path) -> RunEvaluator | None:
-    """A prepared :class:`RunEvaluator` when ``metrics.enabled`` (judges trained before the run)."""
+def metrics_extension(prepared, bus: EventBus, directory: Path, fresh: bool = True) -> RunEvaluator | None:
+    """A prepared :class:`RunEvaluator` when ``metrics.enabled`` (judges trained before the run).
+    ``fresh=False``: a resumed run, whose metric files and history go on."""
     if not prepared.scenario.metrics.enabled:
         return None
-    evaluator = RunEvaluator(prepared, bus, Path(directory))
+    evaluator = RunEvaluator(prepared, bus, Path(directory), fresh)
     try:
         evaluator.prepare()
     except Exception as exc:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from p2pgan.ids import SERVER_ID
 from p2pgan.protocol.events import RoundAggregated
-from p2pgan.protocol.events import ComputeEvent
+from p2pgan.protocol.events import ComputeEvent, TransferEvent
+from p2pgan.protocol.messages import MessageKey, MessageKind, Phase
 from p2pgan.bus import EventBus
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
@@ -65,6 +66,9 @@ class _PlannedTrace:
         if isinstance(event, RoundAggregated):
             self._rounds = max(self._rounds, event.round)
 
+    def resume_after(self, round_: int) -> None:
+        self._rounds = round_
+
     def operations(self) -> list:
         if not self._rounds:
             return []
@@ -74,6 +78,48 @@ class _PlannedTrace:
         return trace_from_program(self._program, splits, self._prepared.setup.costs, batches,
                                   plan.schedule.steps_per_round, include_aggregation=True, rounds=self._rounds,
                                   server_batch=plan.schedule.batch_size)
+
+
+class _EventJournal:
+    """What the tracer saw, kept per round until a checkpoint takes it into the latency journal:
+    replayed into a fresh tracer, a resumed run's latency files equal an uninterrupted run's."""
+
+    def __init__(self) -> None:
+        self._by_round: dict[int, list[list[Any]]] = {}
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, ComputeEvent):
+            self._by_round.setdefault(event.round, []).append(
+                ["compute", event.node, event.round, event.step, event.phase, event.direction, list(event.blocks),
+                 event.batch, event.flops, list(event.consumed)])
+        elif isinstance(event, TransferEvent):
+            # A message's id is its key written out: kept only where it is not (a third of the bytes).
+            msg_id = None if event.msg_id == _message_id(event.kind, event.src, event.dst, event.round, event.step,
+                                                          event.phase) else event.msg_id
+            self._by_round.setdefault(event.round, []).append(
+                ["transfer", msg_id, event.src, event.dst, event.kind, event.round, event.step, event.phase,
+                 event.nbytes])
+
+    def take(self, round_: int) -> list[list[Any]]:
+        return self._by_round.pop(round_, [])
+
+
+def _replayed(entry: Sequence[Any]) -> ComputeEvent | TransferEvent:
+    kind, *fields = entry
+    if kind == "compute":
+        node, round_, step, phase, direction, blocks, batch, flops, consumed = fields
+        return ComputeEvent(node, round_, step, phase, direction, tuple(blocks), batch, flops, tuple(consumed))
+    msg_id, src, dst, kind_, round_, step, phase, nbytes = fields
+    if msg_id is None:
+        msg_id = _message_id(kind_, src, dst, round_, step, phase)
+    return TransferEvent(msg_id, src, dst, kind_, round_, step, phase, nbytes)
+
+
+def _message_id(kind: str, src: str, dst: str, round_: int, step: int, phase: str) -> str | None:
+    try:
+        return str(MessageKey(MessageKind(kind), src, dst, round_, step, Phase(phase)))
+    except ValueError:  # not a kind or phase of this protocol: the id is kept as it was
+        return None
 
 
 def write_latency(directory: Path, report: SimReport, topology: Topology, assignment: Mapping[str, str]) -> None:
@@ -107,7 +153,7 @@ def write_latency(directory: Path, report: SimReport, topology: Topology, assign
 def scenario_topology(prepared) -> Topology | None:
     """The scenario's topology, else the paper's edge topology of this checkout, else none."""
     path = prepared.scenario.topology or default_topology_path()
-    return load_topology(path) if Path(path).is_file() else None
+    return load_topology(path, prepared.scenario.topology_overrides) if Path(path).is_file() else None
 
 
 def scenario_profiles(prepared) -> dict[str, str]:
@@ -130,14 +176,17 @@ class LatencyExtension:
     name = "latency"
 
     def __init__(self, prepared, bus: EventBus, directory: Path, topology: Topology, program: Program,
-                 sees_all_nodes: bool) -> None:
+                 sees_all_nodes: bool, checkpointed: bool = False) -> None:
         self._directory = Path(directory)
         self._topology = topology
         self._assignment = topology.assign_profiles(list(prepared.plan.client_ids))
         self._tracer = OperationTracer() if sees_all_nodes else _PlannedTrace(prepared, program)
+        self._journal = _EventJournal() if checkpointed and sees_all_nodes else None
         self._clock = _WallClock()
         bus.subscribe(self._tracer)
         bus.subscribe(self._clock)
+        if self._journal is not None:
+            bus.subscribe(self._journal)
         plan = prepared.plan
         splits = {c.client_id: c.split for c in plan.clients}
         batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
@@ -147,6 +196,20 @@ class LatencyExtension:
 
     def round_section(self, event: RoundAggregated) -> dict[str, Any]:
         return {"simulated_s": self._per_round * event.round, "wall_s": time.perf_counter() - self._started}
+
+    def checkpoint_round(self, round_: int) -> tuple[dict[str, Any], list[Any] | None]:
+        """Nothing but the round's traced operations (journalled); a planned trace only counts rounds."""
+        if self._journal is None:
+            return {"rounds": round_}, None
+        return {"rounds": round_}, self._journal.take(round_)
+
+    def restore(self, state: Mapping[str, Any], journal: Sequence[Sequence[Any]]) -> None:
+        if isinstance(self._tracer, _PlannedTrace):
+            self._tracer.resume_after(int(state["rounds"]))
+            return
+        for entries in journal:  # in round order, each round in the order the tracer saw it
+            for entry in entries:
+                self._tracer(_replayed(entry))
 
     def finish(self, status: str) -> dict[str, Any]:
         ops = self._tracer.operations()
@@ -176,10 +239,10 @@ def _iteration_estimate(program: Program, splits, costs, batches, topology: Topo
 
 
 def latency_extension(prepared, bus: EventBus, directory: Path, program: Program,
-                      sees_all_nodes: bool = True) -> LatencyExtension | None:
+                      sees_all_nodes: bool = True, checkpointed: bool = False) -> LatencyExtension | None:
     """The run's latency extension; ``None`` when there is no topology to price on. Without
     ``topology:`` in the scenario the packaged paper edge topology is used."""
     topology = scenario_topology(prepared)
     if topology is None:
         return None
-    return LatencyExtension(prepared, bus, directory, topology, program, sees_all_nodes)
+    return LatencyExtension(prepared, bus, directory, topology, program, sees_all_nodes, checkpointed)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from p2pgan.bus import EventBus
+from p2pgan.engine.loops import RoundCheckpoint
+from p2pgan.engine.state import NodeState
 from p2pgan.ids import SERVER_ID
 from p2pgan.plan.nodedata import PreparedRun
 from p2pgan.protocol.endpoint import Transport
@@ -25,17 +27,24 @@ def build_transport(prepared: PreparedRun) -> Transport:
 
 
 async def run_nodes(prepared: PreparedRun, transport: Transport, bus: EventBus,
-                    node_ids: Sequence[str] | None = None, strategy: Strategy | None = None) -> None:
+                    node_ids: Sequence[str] | None = None, strategy: Strategy | None = None,
+                    first_round: int = 1, states: Mapping[str, NodeState] | None = None,
+                    checkpoint: RoundCheckpoint | None = None) -> None:
     """Run the given nodes (default: all) in this event loop until training ends.
 
-    If any node fails, every other local node is woken with the error so nothing hangs.
+    A resumed run passes the round to start at and each node's saved state; ``checkpoint`` gets
+    every node's state after each round's federation. If any node fails, every other local node
+    is woken with the error so nothing hangs.
     """
     strategy = strategy or strategy_for(prepared.scenario)
     node_ids = list(node_ids) if node_ids is not None else [SERVER_ID, *prepared.plan.client_ids]
     endpoints = await transport.open(node_ids)
     try:
         nodes = [strategy.create_node(prepared, nid, endpoints[nid], bus) for nid in node_ids]
-        tasks = [asyncio.create_task(node.run(), name=node.node_id) for node in nodes]
+        if states is not None:
+            for node in nodes:
+                node.load_state_dict(states[node.node_id])
+        tasks = [asyncio.create_task(node.run(first_round, checkpoint), name=node.node_id) for node in nodes]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failed = [t for t in done if t.exception() is not None]

@@ -12,12 +12,16 @@ reports events on its stdout; its stderr goes to ``<results>/nodes/<id>.log``) a
 4. merges the clients' per-step losses into ``<results>/steps.jsonl`` (buffered per step and written
    in client-id order, the order of a memory run), while the server process writes the rest of the
    results folder exactly as a single-process run does;
-5. on a child crash, a child reporting a failure, Ctrl-C or SIGTERM: tells every other child to abort
+5. completes each round's checkpoint: every child writes its own node's files under
+   ``<results>/checkpoints/round-<r>/`` and reports them; once all have (and so every step line of the
+   round is written), the coordinator writes the round's marker (run/checkpoint.py). A resume
+   (``resume=``) tells every child the round to continue after; each loads its own state;
+6. on a child crash, a child reporting a failure, Ctrl-C or SIGTERM: tells every other child to abort
    (the server then flushes the results folder with the reason), waits a grace period, then
    terminates and finally kills whatever is left, and reports one line naming the node.
 
 Children run in their own session, so a terminal Ctrl-C reaches only the coordinator, and a child
-whose coordinator disappears (its stdin closes) aborts on its own.
+whose coordinator disappears (its stdin closes, or it is re-parented) aborts on its own.
 
 ``serve_controlled`` is that child; ``serve_standalone`` runs one node of a multi-host run from a
 scenario file, a peer table and a secret file (``p2pgan node serve``, see docs/multihost.md).
@@ -32,6 +36,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +47,7 @@ from typing import Any, TextIO
 from p2pgan.config.schema import Scenario
 from p2pgan.ids import SERVER_ID
 from p2pgan.errors import ConfigError, P2PGanError, PeerError
+from p2pgan.run.checkpoint import CheckpointMarkers, Completed, ResumePoint, RoundCheckpointer
 
 STARTUP_TIMEOUT_S = 180.0
 """How long a child may take to load its data and bind its server."""
@@ -102,8 +108,9 @@ class Coordinator:
 
     def __init__(self, prepared, *, out: TextIO | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
                  grace_s: float = GRACE_S, python: str = sys.executable,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, resume: ResumePoint | None = None) -> None:
         self.prepared = prepared
+        self.resume = resume
         self.scenario: Scenario = prepared.scenario
         self.results_dir = Path(self.scenario.results_dir)
         self.node_ids = [SERVER_ID, *prepared.plan.client_ids]
@@ -121,6 +128,10 @@ class Coordinator:
         self._pending_steps: dict[tuple[int, int], dict[str, dict[str, Any]]] = {}
         self._steps_file: TextIO | None = None
         self.timings: dict[str, float] = {}
+        # Every node process writes its own checkpoint files and reports them; the marker that
+        # completes a round is ours, once every node (and so every step line) has reached it.
+        self.markers = CheckpointMarkers(self.results_dir, self.node_ids, prepared.plan.schedule.rounds,
+                                         "processes")
 
     # -- main flow ----------------------------------------------------------------------------
 
@@ -140,7 +151,8 @@ class Coordinator:
         self._print(f"run {self.scenario.name}: {len(self.node_ids) - 1} clients, strategy {self.scenario.strategy.name}, "
                     f"transport http, {len(self.node_ids)} processes on {self.scenario.transport.host}, seed "
                     f"{self.scenario.seed}, {schedule.rounds} rounds x {schedule.local_epochs} epochs x "
-                    f"{schedule.steps_per_epoch} steps -> {self.results_dir}")
+                    f"{schedule.steps_per_epoch} steps -> {self.results_dir}"
+                    + (f" (resumed after round {self.resume.round})" if self.resume is not None else ""))
         try:
             try:
                 await self._spawn_all()
@@ -186,7 +198,7 @@ class Coordinator:
             if self._failure is not None:
                 return
             log_path = nodes_dir / f"{node_id}.log"
-            with log_path.open("wb") as log:
+            with log_path.open("ab" if self.resume is not None else "wb") as log:  # a resume keeps the story
                 proc = await asyncio.create_subprocess_exec(
                     self._python, "-m", "p2pgan", "node", "serve", "--node", node_id, "--control", "stdio",
                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
@@ -199,6 +211,7 @@ class Coordinator:
                 "threads": torch.get_num_threads(), "host": transport.host, "costs": costs,
                 "port": transport.port + index if transport.port else 0,
                 "startup_timeout_s": self._startup_timeout_s,
+                "resume_round": self.resume.round if self.resume is not None else None,
             })
 
     async def _wait_for(self, done: Callable[[], bool], timeout: float | None, problem: str) -> None:
@@ -282,6 +295,8 @@ class Coordinator:
             self._add_step(event.get("record", {}))
         elif kind == "round":
             self._print_round(event)
+        elif kind == "checkpoint":
+            self._on_checkpoint(child, event)
         elif kind == "finished":
             child.finished = event
             if event.get("status") != "completed":
@@ -338,6 +353,13 @@ class Coordinator:
 
     # -- results ------------------------------------------------------------------------------
 
+    def _on_checkpoint(self, child: _Child, event: dict[str, Any]) -> None:
+        round_, files = event.get("round"), event.get("files")
+        if not isinstance(round_, int) or not isinstance(files, dict):
+            return
+        self._flush_steps()
+        self.markers.report(round_, [child.node_id], {str(k): str(v) for k, v in files.items()})
+
     def _add_step(self, record: dict[str, Any]) -> None:
         try:
             key = (int(record["round"]), int(record["step"]))
@@ -375,7 +397,14 @@ class Coordinator:
                 summary = {}
         except (OSError, ValueError):
             summary = {}
+        checkpoints = summary.get("checkpoints")
+        if isinstance(checkpoints, dict) and self.markers.complete:  # only we know which rounds completed
+            checkpoints["last_complete_round"] = self.markers.complete[-1]
         if summary and summary.get("status") == status and (status == "completed" or summary.get("detail") == detail):
+            # The server's summary alone does not make a run complete: its node processes can finish
+            # after a killed coordinator, whose steps.jsonl then lacks lines. Ours is the verdict.
+            summary["coordinator"] = {"status": status}
+            self._write_summary(path, summary)
             return summary
         if not summary:  # the server process never got to write it
             rounds = 0
@@ -385,11 +414,15 @@ class Coordinator:
                 pass
             summary = {"scenario": self.scenario.name, "wall_s": round(wall, 3), "rounds_completed": rounds,
                        "rounds_planned": self.prepared.plan.schedule.rounds}
-        summary.update(status=status, detail=detail)
+        summary.update(status=status, detail=detail, coordinator={"status": status})
+        self._write_summary(path, summary)
+        return summary
+
+    @staticmethod
+    def _write_summary(path: Path, summary: dict[str, Any]) -> None:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         tmp.replace(path)
-        return summary
 
     # -- console ------------------------------------------------------------------------------
 
@@ -406,16 +439,64 @@ class Coordinator:
 
 
 def run_processes(scenario: Scenario, *, out: TextIO | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
-                  grace_s: float = GRACE_S, prepared=None):
-    """Run ``scenario`` with every node in its own process over HTTP on this host -> RunOutcome."""
+                  grace_s: float = GRACE_S, prepared=None, resume: ResumePoint | None = None):
+    """Run ``scenario`` with every node in its own process over HTTP on this host -> RunOutcome.
+    ``resume``: continue from that checkpoint (every node process loads its own state)."""
     from p2pgan.run.prepare import prepare_run
 
     if scenario.transport.kind != "http":
         raise ConfigError(str(scenario.source), "transport.processes", "needs transport.kind: http")
     # The coordinator writes results and prices the run; it holds no client example.
     prepared = prepared or prepare_run(scenario, for_node=SERVER_ID)
-    coordinator = Coordinator(prepared, out=out, startup_timeout_s=startup_timeout_s, grace_s=grace_s)
+    coordinator = Coordinator(prepared, out=out, startup_timeout_s=startup_timeout_s, grace_s=grace_s, resume=resume)
     return asyncio.run(coordinator.run())
+
+
+PREVIOUS_NODES_WAIT_S = 30.0
+"""How long a resume waits for the node processes of a killed coordinator to notice and stop."""
+
+
+def wait_for_previous_nodes(results_dir: Path, timeout_s: float = PREVIOUS_NODES_WAIT_S) -> None:
+    """Wait until no node process of the folder's previous run (``nodes/nodes.json``) is alive.
+
+    Node processes run in their own session, so a SIGKILLed coordinator leaves them running
+    until they see their control pipe close; a resume must not start while one still writes.
+    """
+    try:
+        table = json.loads((Path(results_dir) / "nodes" / "nodes.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(table, dict):
+        return
+    pids = {node: entry.get("pid") for node, entry in table.items() if isinstance(entry, dict)}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = {node: pid for node, pid in pids.items() if isinstance(pid, int) and is_node_process(pid)}
+        if not alive:
+            return
+        if time.monotonic() >= deadline:
+            node, pid = next(iter(alive.items()))
+            raise P2PGanError(f"{results_dir}: node process {pid} ({node}) of the previous run is still running "
+                              f"after {timeout_s:g} s; stop it (kill {pid}) and resume again")
+        time.sleep(0.1)
+
+
+def is_node_process(pid: int) -> bool:
+    """Whether ``pid`` is alive and (where /proc tells) a ``p2pgan node serve`` process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
+    except OSError:
+        return True  # no /proc: trust the signal check
+    if status and status[0] == "Z":  # a zombie writes nothing
+        return False
+    return b"node" in cmdline and b"serve" in cmdline
 
 
 # -- child (one node per process) -----------------------------------------------------------------
@@ -502,6 +583,10 @@ class ControlChannel:
         if self.transport is not None:
             self.transport.fail_all(error)
 
+    def checkpoint_written(self, round_: int, nodes: Sequence[str], files: Mapping[str, str]) -> None:
+        """This node's checkpoint files for ``round_`` are on disk: the coordinator completes the round."""
+        self.send({"event": "checkpoint", "node": self.node_id, "round": round_, "files": dict(files)})
+
     def forward(self, event: object) -> None:
         """Event-bus observer: client losses and round ends go to the coordinator."""
         from p2pgan.protocol.events import ClientLosses
@@ -518,10 +603,28 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
+ORPHAN_POLL_S = 0.25
+
+
+def _stop_when_orphaned() -> None:
+    """A node whose coordinator died (SIGKILL: no abort comes) stops as if interrupted, also
+    after training, while it would still evaluate and write results nobody completes: a resume
+    waits for the previous run's nodes, and they should not keep the cores busy meanwhile."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def serve_controlled(node_id: str) -> int:
     """Body of ``p2pgan node serve --control stdio`` (started by :func:`run_processes`)."""
     channel = ControlChannel(node_id)
     _sigterm_as_interrupt()
+    _stop_when_orphaned()
     status, peer, problem, code = "completed", None, "", 0
     try:
         config = channel.read_config()
@@ -533,8 +636,11 @@ def serve_controlled(node_id: str) -> int:
         secret = bytes.fromhex(config["secret"])
         listen = (str(config.get("host") or scenario.transport.host), int(config.get("port") or 0))
         costs = _costs_from(scenario, config.get("costs"))
+        resume_round = config.get("resume_round")
+        resume = ResumePoint(scenario.results_dir, int(resume_round)) if isinstance(resume_round, int) else None
         outcome_status, error = _run_node(scenario, node_id, secret, {}, listen, channel.rendezvous,
-                                          [channel.forward], channel.attach, costs=costs)
+                                          [channel.forward], channel.attach, costs=costs, resume=resume,
+                                          checkpoint_written=channel.checkpoint_written)
         status = outcome_status
         if error is not None:
             peer, problem = _split_error(error, node_id)
@@ -560,7 +666,7 @@ def _costs_from(scenario: Scenario, blocks: object):
 
     if not isinstance(blocks, list) or not blocks:
         return None
-    return ModelCosts(scenario.model.to_spec(), tuple(BlockCost(**block) for block in blocks))
+    return ModelCosts(scenario.model_spec, tuple(BlockCost(**block) for block in blocks))
 
 
 def _split_error(error: BaseException, node_id: str) -> tuple[str, str]:
@@ -572,10 +678,13 @@ def _split_error(error: BaseException, node_id: str) -> tuple[str, str]:
 def _run_node(scenario: Scenario, node_id: str, secret: bytes, peers: Mapping[str, str], listen: tuple[str, int],
               rendezvous, observers: Sequence[Callable[[object], None]],
               on_transport: Callable[[Any], None] | None = None,
-              steps_file: Path | None = None, costs=None, prepared=None) -> tuple[str, BaseException | None]:
+              steps_file: Path | None = None, costs=None, prepared=None, resume: ResumePoint | None = None,
+              checkpoint_written: Completed | None = None) -> tuple[str, BaseException | None]:
     """Run one node of ``scenario`` here. Returns (status, error).
 
     ``on_transport`` gets the node's :class:`HttpTransport` before it opens (for aborts and pings).
+    ``resume``: start after that checkpoint with this node's saved state; ``checkpoint_written``:
+    where this node reports the checkpoint files it wrote (none: it writes none).
     """
     from p2pgan.run.prepare import prepare_run
     from p2pgan.run.nodes import run_nodes
@@ -599,8 +708,15 @@ def _run_node(scenario: Scenario, node_id: str, secret: bytes, peers: Mapping[st
     if on_transport is not None:
         on_transport(transport)
     if node_id == SERVER_ID:
-        outcome = run_scenario(scenario, observers, transport=transport, prepared=prepared, node_ids=[SERVER_ID])
+        outcome = run_scenario(scenario, observers, transport=transport, prepared=prepared, node_ids=[SERVER_ID],
+                               resume=resume, checkpoint_written=checkpoint_written)
         return outcome.status, outcome.error
+    checkpointer = None
+    if scenario.checkpoint.enabled and checkpoint_written is not None:
+        checkpointer = RoundCheckpointer(scenario.results_dir, scenario.checkpoint.every,
+                                         prepared.plan.schedule.rounds, [node_id], None, checkpoint_written)
+    states = resume.node_states([node_id]) if resume is not None else None
+    first_round = resume.first_round if resume is not None else 1
     bus = EventBus()
     for observer in observers:
         bus.subscribe(observer)
@@ -609,16 +725,20 @@ def _run_node(scenario: Scenario, node_id: str, secret: bytes, peers: Mapping[st
         steps_file.parent.mkdir(parents=True, exist_ok=True)
         handle = steps_file.open("w", encoding="utf-8")
         bus.subscribe(_StepsWriter(handle))
+    status, error = "completed", None
     try:
-        asyncio.run(run_nodes(prepared, transport, bus, [node_id]))
+        asyncio.run(run_nodes(prepared, transport, bus, [node_id], first_round=first_round, states=states,
+                              checkpoint=checkpointer))
     except KeyboardInterrupt:
-        return "interrupted", None
+        status = "interrupted"
     except P2PGanError as exc:
-        return "failed", exc
+        status, error = "failed", exc
     finally:
+        if checkpointer is not None and status != "completed":
+            checkpointer.flush()  # the last round this node completed (Ctrl-C, SIGTERM, a failed peer)
         if handle is not None:
             handle.close()
-    return "completed", None
+    return status, error
 
 
 class _StepsWriter:

@@ -18,7 +18,11 @@ import torch
 from safetensors.torch import save_file
 
 from p2pgan import __version__
+from p2pgan.config.loader import parse_scenario
+from p2pgan.config.schema import Scenario
+from p2pgan.config.yamlfile import load_yaml_mapping
 from p2pgan.data import load_domain
+from p2pgan.errors import P2PGanError
 from p2pgan.protocol.events import ClientLosses
 from p2pgan.plan.nodedata import PreparedRun, client_domains, speaking_clusters
 from p2pgan.protocol.events import RoundClosed
@@ -49,12 +53,34 @@ def environment(prepared: PreparedRun) -> dict[str, Any]:
         "versions": {"p2pgan": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "threads": torch.get_num_threads(),
         "host": platform.node(),
-        "data_sources": {domain: str(load_domain(domain, "train", root).source) for domain in prepared.domains},
+        "data_sources": {domain: str(load_domain(domain, "train", root, prepared.scenario.datasets.get(domain)).source)
+                         for domain in prepared.domains},
     }
+
+
+def load_run_config(directory: Path) -> Scenario:
+    """The scenario a results folder was written with (``config.json``), validated again.
+
+    ``config.json`` is the resolved scenario: its paths are absolute and ``source`` names the
+    file it came from, which the loader sets itself (a scenario file may not), so it is taken out
+    and handed over as the source. The results folder is wherever the folder now is.
+    """
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file():
+        raise P2PGanError(f"{directory}: not a results folder (no config.json)")
+    raw = load_yaml_mapping(path, "results config")  # JSON is YAML; the file checks apply
+    source = raw.pop("source", None)
+    raw.setdefault("output", {})
+    if isinstance(raw["output"], dict):
+        raw["output"] = {**raw["output"], "dir": str(directory.resolve())}
+    return parse_scenario(raw, Path(source) if isinstance(source, str) and source else path)
 
 
 class ResultsWriter:
     """An event-bus observer that writes the results folder."""
+
+    name = "results"
 
     def __init__(self, prepared: PreparedRun, directory: Path) -> None:
         self._prepared = prepared
@@ -136,6 +162,18 @@ class ResultsWriter:
             labels, z = generator.sample_grid_inputs(per_class, self._prepared.scenario.seed)
             images = generator(labels, z)
             save_image_grid(images, folder / f"{domain}{suffix}.png", nrow=per_class)
+
+    # -- checkpoints (run/checkpoint.py) ------------------------------------------------------
+
+    def checkpoint_round(self, round_: int) -> tuple[dict[str, Any], None]:
+        """Called right after this writer recorded ``round_`` (the checkpointer observes after it)."""
+        return {"rounds_done": self._rounds_done, "last_round": self._last_round}, None
+
+    def restore(self, state, journal) -> None:
+        self._rounds_done = int(state["rounds_done"])
+        self._last_round = dict(state["last_round"])
+        # rounds.jsonl's wall_s goes on from where the interrupted run stopped.
+        self._started = time.perf_counter() - float(self._last_round.get("wall_s", 0.0))
 
     def finish(self, event: RunFinished) -> dict[str, Any]:
         self._steps.close()

@@ -48,6 +48,10 @@ class FedProxClient(ClientNode):
         await super().federate(round_, losses)
         self._anchor = self._snapshot()
 
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self._anchor = self._snapshot()  # the anchor is the round's starting point: the loaded blocks
+
 
 class FedProx(Strategy):
     name = "fedprox"

@@ -37,8 +37,10 @@ from torch.nn import functional as F
 from p2pgan.bus import EventBus
 from p2pgan.config.schema import Scenario
 from p2pgan.engine.client import BatchSampler
-from p2pgan.engine.loops import run_client, run_server
+from p2pgan.engine.loops import RoundCheckpoint, run_client, run_server
 from p2pgan.engine.port import NodePort
+from p2pgan.engine.state import (NodeState, blocks_state, generator_state, load_blocks, load_generator,
+                                 load_optimizers, optimizers_state)
 from p2pgan.ids import SERVER_ID
 from p2pgan.model.blocks import NETWORKS, NetworkDef, build_initial_blocks
 from p2pgan.model.segments import Segment
@@ -73,6 +75,16 @@ class _Node:
         self._optimizers = {net.name: self._setup.adam([p for n, b in self.blocks.items() if n in net.block_names
                                                         for p in b.parameters()]) for net in NETWORKS}
 
+    def state_dict(self) -> NodeState:
+        """Blocks, Adam state and the node's random stream at a round end."""
+        return NodeState(self.node_id, {**blocks_state(self.blocks), **optimizers_state(self._optimizers),
+                                        **generator_state("node", self._gen)})
+
+    def load_state_dict(self, state: NodeState) -> None:
+        load_blocks(state, self.blocks)
+        load_optimizers(state, self._optimizers)
+        load_generator(state, "node", self._gen)
+
     def _segment(self, network: NetworkDef) -> Segment:
         return Segment({name: self.blocks[name] for name in network.block_names})
 
@@ -104,8 +116,8 @@ class MDGanServer(_Node):
         self._num_domains = len(prepared.domains)
         self._networks = {step.network.name: self._segment(step.network) for step in _broadcasts(program)}
 
-    async def run(self) -> None:
-        await run_server(self, self._schedule, self._bus)
+    async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
+        await run_server(self, self._schedule, self._bus, first_round, checkpoint)
 
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)
@@ -205,8 +217,17 @@ class MDGanClient(_Node):
         self._sampler = BatchSampler(len(self._data), self._schedule.batch_size, self._gen)
         self._networks = {step.client_network.name: self._segment(step.client_network) for step in _broadcasts(program)}
 
-    async def run(self) -> None:
-        await run_client(self, self._schedule, self._bus)
+    async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
+        await run_client(self, self._schedule, self._bus, first_round, checkpoint)
+
+    def state_dict(self) -> NodeState:
+        """The shared node state plus the sampler's position in its permutation."""
+        state = super().state_dict()
+        return NodeState(self.node_id, {**state.tensors, **self._sampler.state()})
+
+    def load_state_dict(self, state: NodeState) -> None:
+        super().load_state_dict(state)
+        self._sampler.load_state(state)
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)

@@ -1,0 +1,52 @@
+"""A run's nodes executed by the cohort engine (``execution.engine: cohort``): every client and
+the server in this process, without a transport, publishing what the nodes publish."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from p2pgan.bus import EventBus
+from p2pgan.engine.cohort import CohortEngine
+from p2pgan.engine.execution import default_policy, exact_cuda, resolve_device
+from p2pgan.engine.loops import RoundCheckpoint
+from p2pgan.engine.state import NodeState
+from p2pgan.errors import ConfigError
+from p2pgan.plan.nodedata import PreparedRun
+from p2pgan.plan.program import U_SHAPED
+from p2pgan.strategies.base import Strategy
+
+
+def check_cohort_strategy(strategy: Strategy, source: str = "") -> None:
+    """The cohort engine runs the U-shaped program with the split engine's own node kinds; a
+    strategy that brings its own nodes or program (fedprox's client, md-gan) needs ``nodes``."""
+    cls = type(strategy)
+    own = [name for name in ("create_node", "create_server", "create_client")
+           if getattr(cls, name) is not getattr(Strategy, name)]
+    if strategy.program is not U_SHAPED:
+        own.insert(0, f"program {strategy.program.name!r}")
+    if own:
+        raise ConfigError(source, "execution.engine",
+                          f"the cohort engine runs the split engine's own nodes, and strategy {cls.name} brings "
+                          f"its own ({', '.join(own)}) (expected engine: nodes)")
+
+
+def build_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy) -> CohortEngine:
+    scenario = prepared.scenario
+    source = str(scenario.source or "")
+    check_cohort_strategy(strategy, source)
+    device = resolve_device(scenario.execution.device, f"{source}:execution.device" if source else "execution.device")
+    if device.type == "cuda":
+        exact_cuda()
+    return CohortEngine(prepared.setup, prepared.plan, prepared.client_data, strategy, len(prepared.domains),
+                        strategy.program, bus, default_policy(device))
+
+
+async def run_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy, first_round: int = 1,
+                     states: Mapping[str, NodeState] | None = None, checkpoint: RoundCheckpoint | None = None) -> None:
+    """Train to the end of the schedule: the cohort counterpart of :func:`p2pgan.run.nodes.run_nodes`
+    for every node at once (a resumed run passes its first round and every node's saved state;
+    ``checkpoint`` gets every node's state after each round, in the node engine's format)."""
+    engine = build_cohort(prepared, bus, strategy)
+    if states is not None:
+        engine.load_state_dicts(dict(states))
+    await engine.run(first_round, checkpoint)

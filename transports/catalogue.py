@@ -15,6 +15,7 @@ from p2pgan.protocol.endpoint import Transport
 TRANSPORTS: dict[str, str] = {
     "memory": "transports.memory:MemoryTransport",
     "http": "transports.http:HttpTransport",
+    "ray": "transports.ray:RayTransport",
 }
 """Transport name -> ``module:class``."""
 

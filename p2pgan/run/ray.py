@@ -1,0 +1,520 @@
+"""A run on Ray (``execution: {engine: ray}``): the server and shards of clients as Ray actors.
+
+``run_ray(scenario)`` is the driver. It
+
+1. prepares the run here with no client example (``for_node=SERVER_ID``, as a coordinator does)
+   and opens the results folder: this process writes it, exactly as a memory run does;
+2. connects to Ray (``ray.address``, else ``$RAY_ADDRESS``, else ``local``: a private Ray on this
+   machine, started here and shut down at the end; a Ray already initialised in this process is
+   used as it is and left running);
+3. creates one actor for the server and ``ray.shards`` actors for the clients (contiguous runs of
+   client ids), each with ``num_cpus_per_shard`` / ``num_gpus_per_shard`` and spread over the
+   cluster's nodes; each prepares through :func:`~p2pgan.run.prepare.prepare_run` keeping only its
+   own clients' examples, then runs the existing node classes (``run_nodes``) in its event loop
+   over :class:`transports.ray.RayTransport`;
+4. pulls every actor's events (clients' losses, the server's round ends and log lines) back onto
+   its own bus: steps are written per step in client-id order, rounds go through the round
+   closer and its extensions (latency priced from the program, ``sees_all_nodes=False``), so the
+   live view and plain progress see what they see in a memory run;
+5. on an actor that dies, an actor that fails, an unreachable cluster or Ctrl-C: records one line
+   naming the actor, tells every other actor to abort, keeps what was written, writes the summary
+   (``failed`` / ``interrupted``) and kills every actor it created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import secrets
+import signal
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import ray.exceptions
+import torch
+
+from p2pgan.bus import EventBus
+from p2pgan.config.schema import Scenario
+from p2pgan.errors import ClusterError, P2PGanError, PeerError
+from p2pgan.ids import SERVER_ID, natural_key
+from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, RoundAggregated, RunFinished)
+from p2pgan.report.write import write_report
+from p2pgan.run.closer import RoundCloser
+from p2pgan.run.nodes import run_nodes
+from p2pgan.run.prepare import prepare_run
+from p2pgan.run.processes import load_snapshot, scenario_snapshot
+from p2pgan.run.results import ResultsWriter
+from p2pgan.run.session import RunOutcome, _extensions, run_started_event
+from p2pgan.strategies.catalogue import strategy_for
+from transports.catalogue import create_transport
+
+Observer = Callable[[object], None]
+
+STARTUP_TIMEOUT_S = 180.0
+"""How long an actor may take to be placed, load its clients' data and build its nodes."""
+GRACE_S = 15.0
+"""After an abort: how long actors get to stop their nodes before they are killed."""
+LOCAL_OBJECT_STORE_BYTES = 200 * 2**20
+"""A private Ray's object store: messages are small and short-lived."""
+LOCAL_MIN_CPUS = 2
+NAMESPACE = "p2pgan"
+POLL_S = 1.0
+"""How long an actor holds an event request open when it has nothing to report."""
+
+
+# -- where it runs ------------------------------------------------------------------------------
+
+
+def ray_address(scenario: Scenario, environ: Mapping[str, str] | None = None) -> str:
+    """``ray.address`` of the scenario, else ``$RAY_ADDRESS``, else ``local``."""
+    environ = os.environ if environ is None else environ
+    return scenario.ray.address or environ.get("RAY_ADDRESS") or "local"
+
+
+def shard_clients(client_ids: Sequence[str], shards: int) -> list[list[str]]:
+    """``shards`` contiguous runs of client ids, sizes differing by at most one."""
+    ids = sorted(client_ids, key=natural_key)
+    shards = max(1, min(shards, len(ids)))
+    base, extra = divmod(len(ids), shards)
+    out, start = [], 0
+    for index in range(shards):
+        size = base + (1 if index < extra else 0)
+        out.append(ids[start:start + size])
+        start += size
+    return out
+
+
+class RayConnection:
+    """Ray for one run: started here (``local``), joined (a cluster), or already initialised."""
+
+    def __init__(self, address: str, cpus_needed: float) -> None:
+        self.address = address
+        self._cpus_needed = cpus_needed
+        self.owned = False
+
+    def connect(self) -> None:
+        if ray.is_initialized():
+            self.address = "existing"
+            return
+        options: dict[str, Any] = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
+                                       include_dashboard=False)
+        if self.address == "local":
+            options.update(num_cpus=max(LOCAL_MIN_CPUS, math.ceil(self._cpus_needed)),
+                           object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+        try:
+            ray.init(address=self.address, **options)
+        except Exception as exc:  # ConnectionError, RuntimeError, a missing ray[client] ...
+            raise ClusterError(f"ray: cannot reach the cluster at {self.address}: {_first_line(exc)}") from None
+        self.owned = True
+
+    def check_resources(self, cpus: float, gpus: float) -> None:
+        total = ray.cluster_resources()
+        for kind, needed in (("CPU", cpus), ("GPU", gpus)):
+            have = float(total.get(kind, 0.0))
+            if needed > have + 1e-9:
+                raise ClusterError(f"ray: the run needs {needed:g} {kind}s (server + shards x "
+                                   f"num_{kind.lower()}s_per_shard) but the cluster at {self.address} has {have:g}")
+
+    def close(self) -> None:
+        if self.owned and ray.is_initialized():
+            ray.shutdown()
+        self.owned = False
+
+
+# -- one actor: a host of nodes -----------------------------------------------------------------
+
+
+class NodeHost:
+    """The body of every actor of a Ray run: the server, or a shard of clients.
+
+    Created with ``ray.remote(NodeHost)``; its methods are async, so Ray runs them on one event
+    loop in the actor, the same loop that runs the nodes and receives their messages.
+    """
+
+    def __init__(self, name: str, node_ids: Sequence[str], threads: int) -> None:
+        self.name = name
+        self.node_ids = list(node_ids)
+        torch.set_num_threads(max(1, threads))
+        self._prepared = None
+        self._transport = None
+        self._events: list[object] = []
+        self._done: dict[str, Any] | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    async def prepare(self, raw: dict[str, Any], source: str, costs) -> dict[str, Any]:
+        """Load this actor's clients' data and the plan; report where it runs."""
+        scenario = load_snapshot(raw, source)
+        clients = [n for n in self.node_ids if n != SERVER_ID]
+        self._prepared = prepare_run(scenario, costs, for_nodes=clients)
+        context = ray.get_runtime_context()
+        return {"node": context.get_node_id(), "pid": os.getpid(), "examples":
+                sum(len(d.labels) for d in self._prepared.client_data.values())}
+
+    async def connect(self, routes: Mapping[str, Any], names: Mapping[str, str]) -> None:
+        """Open this actor's endpoints (so peers can deliver from now on)."""
+        scenario = self._prepared.scenario
+        self._transport = create_transport("ray", routes=routes, actor_names=names,
+                                           receive_timeout_s=scenario.transport.timeout_s,
+                                           message_specs=strategy_for(scenario).program.message_specs())
+        await self._transport.open(self.node_ids)
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def deliver(self, parcel) -> None:
+        self._transport.receive(parcel)
+
+    async def next_events(self) -> tuple[list[object], dict[str, Any] | None]:
+        """What happened since the last call, and how the run ended here once it has."""
+        if not self._events and self._done is None:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_S)
+            except asyncio.TimeoutError:
+                pass
+        events, self._events = self._events, []
+        return events, self._done
+
+    async def abort(self, peer: str, problem: str) -> None:
+        if self._transport is not None:
+            self._transport.fail_all(PeerError(peer, problem))
+
+    def _forward(self, event: object) -> None:
+        # Clients' losses, round ends and log lines; the server's computes feed the wall clock.
+        # Transfers and clients' computes stay here: latency is priced from the program.
+        if isinstance(event, (ClientLosses, RoundAggregated, LogEvent)) or (
+                isinstance(event, ComputeEvent) and event.node == SERVER_ID):
+            self._events.append(event)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _run(self) -> None:
+        bus = EventBus()
+        bus.subscribe(self._forward)
+        done: dict[str, Any] = {"status": "completed", "peer": None, "problem": "", "exit_code": 0}
+        try:
+            await run_nodes(self._prepared, self._transport, bus, self.node_ids)
+        except P2PGanError as exc:
+            peer = exc.peer if isinstance(exc, PeerError) else None
+            problem = str(exc).removeprefix(f"peer {peer}: ") if peer else str(exc)
+            done.update(status="failed", peer=peer, problem=problem, exit_code=exc.exit_code)
+        except asyncio.CancelledError:
+            done.update(status="interrupted", problem="cancelled", exit_code=130)
+        except Exception as exc:  # a bug: the traceback goes to the actor's log, one line to the driver
+            traceback.print_exc()
+            done.update(status="failed", problem=f"internal error: {type(exc).__name__}: {exc}", exit_code=1)
+        self._done = done
+        self._wake.set()
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Actor:
+    name: str
+    node_ids: list[str]
+    handle: Any = None
+    placed: dict[str, Any] = field(default_factory=dict)
+    done: dict[str, Any] | None = None
+    gone: bool = False
+
+    @property
+    def label(self) -> str:
+        clients = [n for n in self.node_ids if n != SERVER_ID]
+        if not clients:
+            return f"ray actor {self.name}"
+        span = clients[0] if len(clients) == 1 else f"{clients[0]}..{clients[-1]}"
+        return f"ray actor {self.name} (clients {span})"
+
+
+@dataclass
+class _Failure:
+    status: str  # "failed" | "interrupted"
+    error: P2PGanError | None
+    detail: str
+
+
+class RayDriver:
+    """Runs one prepared scenario on Ray and writes its results folder."""
+
+    def __init__(self, prepared, observers: Sequence[Observer] = (), *, address: str | None = None,
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S, grace_s: float = GRACE_S) -> None:
+        self.prepared = prepared
+        self.scenario: Scenario = prepared.scenario
+        spec = self.scenario.ray
+        self.client_ids = list(prepared.plan.client_ids)
+        token = f"{self.scenario.name}-{secrets.token_hex(3)}"
+        shards = shard_clients(self.client_ids, spec.shards)
+        self.actors = [_Actor("server", [SERVER_ID])] + [
+            _Actor(f"shard-{i}", ids) for i, ids in enumerate(shards)]
+        self._names = {a.name: f"{token}-{a.name}" for a in self.actors}
+        self._ray = RayConnection(address or ray_address(self.scenario),
+                                  spec.num_cpus_per_shard * len(self.actors))
+        self._observers = list(observers)
+        self._startup_timeout_s = startup_timeout_s
+        self._grace_s = grace_s
+        self._failure: _Failure | None = None
+        self._pending_steps: dict[tuple[int, int], dict[str, ClientLosses]] = {}
+        self._order = {cid: i for i, cid in enumerate(sorted(self.client_ids, key=natural_key))}
+
+    def run(self) -> RunOutcome:
+        scenario, prepared = self.scenario, self.prepared
+        strategy = strategy_for(scenario)
+        self.bus = bus = EventBus()
+        writer = ResultsWriter(prepared, scenario.results_dir)
+        bus.subscribe(writer)
+        extensions = _extensions(prepared, bus, writer, strategy.program, sees_all_nodes=False)
+        for observer in self._observers:
+            bus.subscribe(observer)
+        closer = RoundCloser(bus, extensions)
+        bus.subscribe(closer)
+        bus.publish(run_started_event(prepared))
+        started = time.perf_counter()
+        internal: BaseException | None = None
+        try:
+            asyncio.run(self._main())
+        except KeyboardInterrupt:
+            self._fail(None, "stopped by Ctrl-C", "interrupted")
+        except Exception as exc:  # a bug: recorded as a failure, then raised
+            internal = exc
+            self._fail(None, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._kill_all()
+            self._ray.close()
+            self._flush_steps(everything=True)
+            wall = time.perf_counter() - started
+            failure = self._failure
+            status = failure.status if failure else "completed"
+            detail = failure.detail if failure else ""
+            writer.extra_summary.update(closer.finish(status))
+            writer.extra_summary["ray"] = self._placement()
+            if failure is not None:
+                bus.publish(LogEvent(f"run {status}: {detail}", "error" if failure.error else "warning"))
+            finished = RunFinished(status, wall, detail)
+            bus.publish(finished)
+            summary = writer.finish(finished)
+            try:
+                write_report(scenario.results_dir)
+            except Exception as exc:  # the report reads what the run wrote; it never fails a run
+                bus.publish(LogEvent(f"report not written: {type(exc).__name__}: {exc}", "warning"))
+        if internal is not None:
+            raise internal
+        return RunOutcome(status, summary, prepared, failure.error if failure else None)
+
+    # -- main flow ------------------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        handled = []
+        for sig, why in ((signal.SIGINT, "stopped by Ctrl-C"), (signal.SIGTERM, "stopped by SIGTERM")):
+            try:
+                loop.add_signal_handler(sig, self._interrupt, why)
+                handled.append(sig)
+            except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+                pass
+        self._stop = asyncio.Event()
+        try:
+            self._ray.connect()
+            spec = self.scenario.ray
+            self._ray.check_resources(spec.num_cpus_per_shard * len(self.actors),
+                                      spec.num_gpus_per_shard * len(self.actors))
+            await self._start_actors()
+            if self._failure is None:
+                self.bus.publish(LogEvent("ray: " + ", ".join(
+                    f"{a.name}@{str(a.placed.get('node', '?'))[:8]}" for a in self.actors)))
+                pumps = [asyncio.create_task(self._pump(a), name=f"pump-{a.name}") for a in self.actors]
+                await self._until_done_or_failed()
+                if self._failure is not None:
+                    await self._abort_all()
+                    await asyncio.wait(pumps, timeout=self._grace_s)
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+        except P2PGanError as exc:
+            self._fail(None, str(exc), error=exc)
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    async def _start_actors(self) -> None:
+        spec = self.scenario.ray
+        raw, source = scenario_snapshot(self.scenario)
+        costs = self.prepared.setup.costs
+        remote = ray.remote(NodeHost)
+        threads = max(1, int(spec.num_cpus_per_shard))
+        for actor in self.actors:
+            actor.handle = remote.options(name=self._names[actor.name], num_cpus=spec.num_cpus_per_shard,
+                                          num_gpus=spec.num_gpus_per_shard, scheduling_strategy="SPREAD",
+                                          max_restarts=0, max_concurrency=1000).remote(
+                actor.name, actor.node_ids, threads)
+        await self._each("prepare", lambda a: a.handle.prepare.remote(raw, source, costs),
+                         self._startup_timeout_s, "was not placed and prepared")
+        if self._failure is not None:
+            return
+        routes = {node: actor.handle for actor in self.actors for node in actor.node_ids}
+        names = {node: actor.label for actor in self.actors for node in actor.node_ids}
+        await self._each("connect", lambda a: a.handle.connect.remote(routes, names), self._startup_timeout_s,
+                         "did not open its endpoints")
+        if self._failure is None:
+            await self._each("start", lambda a: a.handle.start.remote(), self._startup_timeout_s, "did not start")
+
+    async def _each(self, step: str, call: Callable[[_Actor], Any], timeout: float, late: str) -> None:
+        """One call on every actor, together; the first that fails (or is late) fails the run."""
+        refs = {actor.name: call(actor) for actor in self.actors}
+        stop = asyncio.ensure_future(self._stop.wait())
+        waits = {asyncio.ensure_future(self._await(ref)): name for name, ref in refs.items()}
+        try:
+            pending = set(waits)
+            deadline = time.monotonic() + timeout
+            while pending and self._failure is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    actor = next(a for a in self.actors if a.name == waits[next(iter(pending))])
+                    self._fail(actor, f"{late} within {timeout:g} s")
+                    return
+                done, pending = await asyncio.wait(pending | {stop}, timeout=left,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(stop)
+                for task in done:
+                    if task is stop:
+                        continue
+                    actor = next(a for a in self.actors if a.name == waits[task])
+                    ok, value = task.result()
+                    if not ok:
+                        self._fail(actor, value)
+                        return
+                    if step == "prepare":
+                        actor.placed = value
+        finally:
+            stop.cancel()
+            for task in waits:
+                task.cancel()
+
+    @staticmethod
+    async def _await(ref) -> tuple[bool, Any]:
+        try:
+            return True, await ref
+        except ray.exceptions.RayActorError as exc:
+            return False, f"died ({_first_line(exc)})"
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if exc.cause is not None else exc
+            return False, _first_line(cause)
+        except ray.exceptions.RayError as exc:
+            return False, _first_line(exc)
+
+    async def _pump(self, actor: _Actor) -> None:
+        while True:
+            ok, value = await self._await(actor.handle.next_events.remote())
+            if not ok:
+                actor.gone = True
+                self._fail(actor, value)
+                return
+            events, done = value
+            for event in events:
+                self._on_event(event)
+            if done is not None:
+                actor.done = done
+                if done["status"] != "completed":
+                    self._fail_reported(actor, done)
+                self._stop.set()
+                return
+
+    async def _until_done_or_failed(self) -> None:
+        while self._failure is None and not all(a.done is not None for a in self.actors):
+            self._stop.clear()
+            await self._stop.wait()
+
+    async def _abort_all(self) -> None:
+        assert self._failure is not None
+        calls = [a.handle.abort.remote("driver", self._failure.detail) for a in self.actors
+                 if a.done is None and not a.gone and a.handle is not None]
+        if calls:
+            await asyncio.wait([asyncio.ensure_future(self._await(c)) for c in calls], timeout=self._grace_s)
+
+    def _kill_all(self) -> None:
+        for actor in self.actors:
+            if actor.handle is not None and ray.is_initialized():
+                try:
+                    ray.kill(actor.handle, no_restart=True)
+                except Exception:  # already gone
+                    pass
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, ClientLosses):
+            self._pending_steps.setdefault((event.round, event.step), {})[event.node] = event
+            self._flush_steps()
+        else:
+            self.bus.publish(event)
+
+    def _flush_steps(self, everything: bool = False) -> None:
+        """Publish each step's losses once every client reported it, in client-id order (a memory
+        run's order), so ``steps.jsonl`` is the same file."""
+        for key in sorted(self._pending_steps):
+            records = self._pending_steps[key]
+            if len(records) < len(self.client_ids) and not everything:
+                break
+            for node in sorted(records, key=lambda n: self._order.get(n, len(self._order))):
+                self.bus.publish(records[node])
+            del self._pending_steps[key]
+
+    # -- failures -----------------------------------------------------------------------------
+
+    def _interrupt(self, why: str) -> None:
+        self._fail(None, why, "interrupted")
+
+    def _fail(self, actor: _Actor | None, problem: str, status: str = "failed",
+              error: P2PGanError | None = None) -> None:
+        if self._failure is not None:
+            return
+        detail = f"{actor.label}: {problem}" if actor is not None else problem
+        if status == "failed" and error is None:
+            error = ClusterError(detail)
+        self._failure = _Failure(status, error if status == "failed" else None, detail)
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    def _fail_reported(self, actor: _Actor, done: Mapping[str, Any]) -> None:
+        """An actor's nodes stopped with an error: blame the peer it names, else the actor."""
+        if done["status"] == "interrupted":
+            self._fail(actor, str(done.get("problem") or "interrupted"), "interrupted")
+            return
+        peer, problem = done.get("peer"), str(done.get("problem") or "failed")
+        if peer and peer != "driver":
+            error: P2PGanError = PeerError(str(peer), f"{problem} (reported by {actor.label})")
+            self._fail(None, str(error), error=error)
+        else:
+            self._fail(actor, problem)
+
+    def _placement(self) -> dict[str, Any]:
+        return {"address": self._ray.address, "actors": {
+            a.name: {"clients": [n for n in a.node_ids if n != SERVER_ID], **a.placed} for a in self.actors}}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def run_ray(scenario: Scenario, observers: Sequence[Observer] = (), *, address: str | None = None,
+            startup_timeout_s: float = STARTUP_TIMEOUT_S, grace_s: float = GRACE_S) -> RunOutcome:
+    """Run ``scenario`` with its server and shards of clients as Ray actors -> RunOutcome.
+
+    ``address`` overrides ``ray.address`` / ``$RAY_ADDRESS``. Results are written here, as by a
+    memory run; a failure is one line in the summary's ``detail`` and the outcome's error.
+    """
+    # The driver writes results and prices the run; it holds no client example.
+    prepared = prepare_run(scenario, for_node=SERVER_ID)
+    driver = RayDriver(prepared, observers, address=address, startup_timeout_s=startup_timeout_s, grace_s=grace_s)
+    return driver.run()

@@ -1,0 +1,205 @@
+"""execution: {engine: ray}: the server and shards of clients as Ray actors (p2pgan/run/ray.py).
+
+One two-node ``ray.cluster_utils.Cluster`` on this machine (1 CPU each) is shared by the tests
+that need Ray; the private ``local`` Ray and the unreachable cluster are tried before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from p2pgan.config.loader import load_scenario  # noqa: E402
+from p2pgan.errors import ClusterError, ConfigError, PeerError  # noqa: E402
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase  # noqa: E402
+from p2pgan.protocol.events import RoundClosed  # noqa: E402
+from p2pgan.run.ray import ray_address, run_ray, shard_clients  # noqa: E402
+from p2pgan.run.session import run_scenario  # noqa: E402
+from transports.ray import Parcel, RayTransport  # noqa: E402
+
+QUICK = Path(__file__).resolve().parents[1] / "scenarios" / "quick.yaml"
+TINY = ["training.rounds=2", "training.max_batches_per_epoch=2", "checkpoint.enabled=false"]
+RAY = ["execution.engine=ray", "ray.shards=2", "ray.num_cpus_per_shard=0.5"]
+WALL_CLOCK = ("wall_s",)
+
+
+def scenario(out: Path, *overrides: str):
+    return load_scenario(QUICK, [*TINY, f"output.dir={out}", *overrides])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the actors run one thread each; the memory run must match them
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 80 * 2**20, "include_dashboard": False})
+    cluster.add_node(num_cpus=1, object_store_memory=80 * 2**20)
+    ray.init(address=cluster.address, namespace="p2pgan", log_to_driver=False, logging_level="WARNING")
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def memory_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("memory") / "run"
+    outcome = run_scenario(scenario(out))
+    assert outcome.status == "completed"
+    return out
+
+
+def rounds_without_wall_clock(folder: Path) -> list[dict]:
+    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+    for record in rounds:
+        record.pop("wall_s")
+        record["details"].pop("wall_s", None)
+    return rounds
+
+
+def our_actors() -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("quick-")]
+
+
+# -- without Ray running ------------------------------------------------------------------------
+
+
+def test_a_parcel_carries_a_message_exactly_and_the_receiver_owns_its_tensors():
+    msg = Message(MessageKind.ACTIVATION, "c000", "server", 1, 0, Phase.G_FWD,
+                  {"x": torch.randn(2, 3), "h": torch.randn(2, 1).to(torch.bfloat16), "y": torch.arange(2)})
+    parcel = Parcel.of(msg)
+    assert isinstance(parcel.arrays["x"], np.ndarray)
+    parcel.arrays["x"].setflags(write=False)  # as Ray hands it out: a read-only view of the object store
+    got = parcel.message()
+    assert got.key == msg.key and got.meta == msg.meta
+    for name, tensor in msg.tensors.items():
+        assert got.tensors[name].dtype == tensor.dtype and torch.equal(got.tensors[name], tensor)
+    got.tensors["x"].add_(1)  # writable, and not the sender's memory
+    assert not torch.equal(got.tensors["x"], msg.tensors["x"])
+
+
+async def test_the_receiver_refuses_a_message_from_outside_the_run():
+    transport = RayTransport({"server": None, "c000": None})
+    await transport.open(["server"])
+    stranger = Message(MessageKind.PARAMS, "c999", "server", 1, ROUND_LEVEL_STEP, Phase.FEDERATE, {})
+    with pytest.raises(PeerError, match="c999"):
+        transport.receive(Parcel.of(stranger))
+
+
+def test_bad_ray_values_are_one_line_file_key_errors():
+    cases = {"ray.shards=0": "ray.shards", "ray.shards=7": "ray.shards", "ray.address=http://head:6379": "ray.address",
+             "ray.num_cpus_per_shard=-1": "ray.num_cpus_per_shard", "ray.colour=red": "ray.colour"}
+    for override, key in cases.items():
+        with pytest.raises(ConfigError) as caught:
+            load_scenario(QUICK, ["execution.engine=ray", override])
+        message = str(caught.value)
+        assert f"quick.yaml:{key}: " in message and "\n" not in message, message
+    with pytest.raises(ConfigError, match="transport"):
+        load_scenario(QUICK, ["execution.engine=ray", "transport.kind=http"])
+
+
+def test_address_from_the_scenario_else_ray_address_else_local(tmp_path):
+    assert ray_address(scenario(tmp_path), {}) == "local"
+    assert ray_address(scenario(tmp_path), {"RAY_ADDRESS": "auto"}) == "auto"
+    assert ray_address(scenario(tmp_path, "ray.address=ray://head:10001"), {"RAY_ADDRESS": "auto"}) == "ray://head:10001"
+
+
+def test_shards_are_contiguous_client_runs_in_natural_order():
+    ids = [f"c{i}" for i in (10, 2, 1, 3, 11)]
+    assert shard_clients(ids, 2) == [["c1", "c2", "c3"], ["c10", "c11"]]
+    assert shard_clients(ids, 9) == [[i] for i in ["c1", "c2", "c3", "c10", "c11"]]
+
+
+def test_an_unreachable_cluster_fails_in_one_line_with_exit_3(tmp_path):
+    assert not ray.is_initialized()
+    outcome = run_ray(scenario(tmp_path / "run", *RAY, "ray.address=ray://127.0.0.1:1"), startup_timeout_s=20)
+    assert outcome.status == "failed"
+    assert isinstance(outcome.error, ClusterError) and outcome.error.exit_code == 3
+    assert "cannot reach the cluster at ray://127.0.0.1:1" in str(outcome.error) and "\n" not in str(outcome.error)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds_completed"] == 0
+    assert not ray.is_initialized()
+
+
+def test_local_starts_a_private_ray_and_shuts_it_down(tmp_path):
+    assert not ray.is_initialized()
+    outcome = run_ray(scenario(tmp_path / "run", "execution.engine=ray", "ray.address=local", "training.rounds=1"))
+    assert outcome.status == "completed", outcome.summary.get("detail")
+    assert outcome.summary["ray"]["address"] == "local"
+    assert not ray.is_initialized()
+
+
+# -- on the two-node cluster --------------------------------------------------------------------
+
+
+def test_quick_over_ray_is_byte_identical_to_memory_and_uses_both_nodes(tmp_path, cluster, memory_run):
+    out = tmp_path / "run"
+    seen = []
+    outcome = run_ray(scenario(out, *RAY), [seen.append])
+    assert outcome.status == "completed", outcome.summary.get("detail")
+    for name in ["steps.jsonl", "latency.json", "latency_iterations.csv", "latency_nodes.csv", "plan.json",
+                 *[str(p.relative_to(memory_run)) for p in (memory_run / "weights").iterdir()]]:
+        assert (out / name).read_bytes() == (memory_run / name).read_bytes(), name
+    assert rounds_without_wall_clock(out) == rounds_without_wall_clock(memory_run)
+    assert [e.round for e in seen if isinstance(e, RoundClosed)] == [1, 2]  # observers see a memory run's events
+    actors = outcome.summary["ray"]["actors"]
+    assert actors["shard-0"]["clients"] == ["c000", "c001", "c002"]
+    nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    assert len(nodes) == 2
+    assert {a["node"] for a in actors.values()} == nodes
+    assert {actors["shard-0"]["node"], actors["shard-1"]["node"]} == nodes  # shards spread over both
+    assert our_actors() == []
+
+
+def test_a_killed_shard_fails_the_run_in_one_line_and_keeps_the_rounds(tmp_path, cluster):
+    out = tmp_path / "run"
+
+    def kill_shard_after_round_1(event):
+        if isinstance(event, RoundClosed) and event.round == 1:
+            (name,) = [n for n in our_actors() if n.endswith("-shard-1")]
+            ray.kill(ray.get_actor(name, namespace="p2pgan"))
+
+    outcome = run_ray(scenario(out, *RAY, "training.rounds=6"), [kill_shard_after_round_1], grace_s=5)
+    assert outcome.status == "failed"
+    message = str(outcome.error)
+    assert outcome.error.exit_code == 3 and "\n" not in message
+    assert "shard-1" in message, message
+    rounds = (out / "rounds.jsonl").read_text().splitlines()
+    assert 1 <= len(rounds) < 6
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["rounds_completed"] == len(rounds)
+    assert "shard-1" in summary["detail"]
+    assert our_actors() == []  # no actor left behind
+
+
+def test_ctrl_c_interrupts_keeps_the_rounds_and_stops_every_actor(tmp_path, cluster):
+    out = tmp_path / "run"
+
+    def ctrl_c_after_round_1(event):
+        if isinstance(event, RoundClosed) and event.round == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    outcome = run_ray(scenario(out, *RAY, "training.rounds=6"), [ctrl_c_after_round_1], grace_s=5)
+    assert outcome.status == "interrupted" and outcome.error is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["detail"] == "stopped by Ctrl-C"
+    assert 1 <= summary["rounds_completed"] < 6
+    assert our_actors() == []
+    assert ray.is_initialized()  # a Ray the run did not start is left running

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from p2pgan import __version__
 from p2pgan.commands import COMMAND_MODULES
 from p2pgan.errors import P2PGanError
-from p2pgan.runtime import keep_freed_memory
+from p2pgan.runtime import default_threads, keep_freed_memory, passive_thread_waits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,10 +41,15 @@ def _install_stop_signals() -> dict[int, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    passive_thread_waits()  # before build_parser imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = _install_stop_signals()
     keep_freed_memory()
+    if getattr(args, "threads", None) is None:
+        import torch
+
+        torch.set_num_threads(default_threads())
     try:
         return int(args.func(args) or 0)
     except P2PGanError as exc:

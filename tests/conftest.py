@@ -11,6 +11,7 @@ import torch
 # (with pytest, servers and child processes alongside) make small kernels 100x slower.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("P2PGAN_THREADS", "1")  # the CLI's default thread policy, pinned for in-process calls
 
 
 @pytest.fixture

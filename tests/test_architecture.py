@@ -154,3 +154,18 @@ def test_default_topology_is_found_from_a_non_editable_install(repo_root, tmp_pa
                          timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == ["paper-edge", "True"]
+
+
+def test_default_thread_policy_leaves_busy_cores_alone(monkeypatch):
+    from p2pgan.runtime import default_threads, passive_thread_waits
+
+    monkeypatch.delenv("P2PGAN_THREADS", raising=False)
+    assert default_threads(cores=2, load=0.1) == 2
+    assert default_threads(cores=2, load=1.2) == 1
+    assert default_threads(cores=2, load=3.5) == 1
+    assert default_threads(cores=16, load=4.0) == 12
+    monkeypatch.setenv("P2PGAN_THREADS", "3")
+    assert default_threads(cores=2, load=0.0) == 3
+    env: dict[str, str] = {}
+    assert passive_thread_waits(env) is False  # torch is already imported in this process
+    assert env == {}

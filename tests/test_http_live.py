@@ -14,12 +14,17 @@ import aiohttp
 import pytest
 import torch
 
+from p2pgan.plan.program import MD_GAN, U_SHAPED
 from p2pgan.protocol.messages import Message, MessageKind, Phase
+from p2pgan.protocol.specs import MessageSpecs
 from p2pgan.errors import PeerError
 from transports import wire
 from transports.catalogue import create_transport
 from transports.http import MESSAGE_PATH, HttpTransport
 from transports.wire import encode, sign_headers
+
+# The messages the run's program sends: what a real run passes its transport.
+SPECS = MessageSpecs.union(p.message_specs() for p in (U_SHAPED, MD_GAN))
 
 SECRET = os.urandom(32)
 NODES = ["server", "c000"]
@@ -47,7 +52,8 @@ def body_with_header(edit=None, data: bytes | None = None) -> bytes:
 @pytest.fixture
 async def node():
     """A server node on an ephemeral loopback port that accepts messages from c000."""
-    transport = HttpTransport(receive_timeout_s=5, secret=SECRET, nodes=NODES, max_message_mb=0.05)
+    transport = HttpTransport(receive_timeout_s=5, secret=SECRET, nodes=NODES, max_message_mb=0.05,
+                              message_specs=SPECS)
     endpoints = await transport.open(["server"])
     session = aiohttp.ClientSession(timeout=TIMEOUT)
     try:

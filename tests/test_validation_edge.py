@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+
 
 import numpy as np
 import pytest
@@ -355,3 +355,15 @@ def test_console_script_prints_no_traceback_for_deep_nesting(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"p2pgan: error: {path}:line 2: nested deeper than {MAX_DEPTH} levels"]
+
+
+def test_validate_reads_the_topology_contents(tmp_path, capsys):
+    from p2pgan.cli import main
+
+    topology = tmp_path / "t.yaml"
+    topology.write_text("name: broken\nprofiles: {device1: {clock_hz: -5}}\n")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"name: s\ndomains: {{mnist: 2}}\ntopology: {topology}\n")
+    assert main(["scenario", "validate", str(scenario)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t.yaml" in err[0]

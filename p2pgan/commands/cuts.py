@@ -63,13 +63,13 @@ def load_setting(file: Path, overrides: list[str], topology_path: Path | None,
     from p2pgan.topology.profiles import default_topology_path, load_topology
 
     scenario = load_scenario(file, overrides)
-    topology = load_topology(topology_path or scenario.topology or default_topology_path())
+    topology = load_topology(topology_path or scenario.topology or default_topology_path(), scenario.topology_overrides)
     ga = GAParams()
     if generations is not None:
         ga = GAParams(**{**ga.__dict__, "generations": generations})
     if population is not None:
         ga = GAParams(**{**ga.__dict__, "population": population})
-    costs = profile_model(scenario.model.to_spec())
+    costs = profile_model(scenario.model_spec)
     setting = Setting(costs, tuple(client_ids_for(scenario.num_clients)), scenario.training.batch_size,
                       topology, scenario.seed, ga)
     return scenario, setting

@@ -70,7 +70,7 @@ def privacy_options(scenario: Scenario, args: argparse.Namespace) -> PrivacyOpti
 
 def audited_cuts(scenario: Scenario) -> tuple[ClientCut, ...]:
     """The distinct cuts the scenario's clients use (fixed, per client, a policy, or searched)."""
-    costs = profile_model(scenario.model.to_spec()) if scenario.cuts.search is not None else None
+    costs = profile_model(scenario.model_spec) if scenario.cuts.search is not None else None
     plan = scenario_cuts(scenario, client_ids_for(scenario.num_clients), costs)
     return tuple(sorted(set(plan.values()), key=ClientCut.as_tuple))
 
@@ -89,7 +89,7 @@ def privacy_command(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         print(f"privacy: {line}", file=sys.stderr, flush=True)
 
-    spec, domains = scenario.model.to_spec(), list(scenario.domains)
+    spec, domains = scenario.model_spec, list(scenario.domains)
     common = dict(scenario=scenario.name, seed=scenario.seed, batch_size=scenario.training.batch_size,
                   data_root=scenario.data.root, progress=progress)
     if args.weights is not None:

@@ -1,12 +1,14 @@
-"""``p2pgan scenario run|validate FILE``."""
+"""``p2pgan scenario run|validate FILE`` and ``p2pgan scenario resume RUN_DIR``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from p2pgan.config import load_scenario
+from p2pgan.errors import P2PGanError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,16 +20,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--transport", choices=("memory", "http"), default=None, help="override transport.kind")
     run.add_argument("--processes", action="store_true", help="with http: every node in its own process")
     run.add_argument("--out", type=Path, default=None, help="results folder (overrides output.dir)")
-    run.add_argument("--live", dest="live", action="store_true", default=None, help="force the live dashboard")
-    run.add_argument("--no-live", dest="live", action="store_false", help="plain line-by-line progress")
+    add_display_arguments(run)
     run.add_argument("--force", action="store_true", help="clear a previous run's results folder first")
-    run.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="torch intra-op threads (default: torch's choice; 1 is faster for tiny models on busy machines)")
     run.set_defaults(func=run_command)
+
+    resume = sub.add_parser("resume", help="continue an interrupted run from its last complete checkpoint")
+    resume.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run's results folder")
+    add_display_arguments(resume)
+    resume.set_defaults(func=resume_command)
 
     validate = sub.add_parser("validate", help="check a scenario file without running it")
     add_scenario_arguments(validate)
     validate.set_defaults(func=validate_command)
+
+
+def add_display_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--live", dest="live", action="store_true", default=None, help="force the live dashboard")
+    parser.add_argument("--no-live", dest="live", action="store_false", help="plain line-by-line progress")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch intra-op threads (default: torch's choice; 1 is faster for tiny models on busy machines)")
 
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +60,12 @@ def scenario_overrides(args: argparse.Namespace) -> list[str]:
 
 def validate_command(args: argparse.Namespace) -> int:
     from p2pgan.strategies.catalogue import strategy_for
+    from p2pgan.topology.profiles import load_topology
 
     scenario = load_scenario(args.file, args.overrides)
     strategy_for(scenario)  # the strategy's own section, checked against its options
+    if scenario.topology is not None:  # its contents too, not only that the file exists
+        load_topology(scenario.topology, scenario.topology_overrides)
     print(f"{args.file}: ok ({scenario.num_clients} clients over {', '.join(scenario.domains)}; "
           f"strategy {scenario.strategy.name}; {scenario.training.rounds} rounds)")
     return 0
@@ -59,29 +73,84 @@ def validate_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     from p2pgan.run.folder import claim_results_dir
-    from p2pgan.run.processes import run_processes
-    from p2pgan.run.session import run_scenario
     from p2pgan.strategies.catalogue import strategy_for
-    from p2pgan.ui.progress import PlainProgress
 
     scenario = load_scenario(args.file, scenario_overrides(args))
     strategy_for(scenario)
+    _set_threads(args)
+    with claim_results_dir(scenario.results_dir, force=args.force, resume=False, source=str(args.file)):
+        return _train(scenario, args, None)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    """Continue a run from its last complete checkpoint, with the scenario it was started with."""
+    from p2pgan.run.checkpoint import find_resume_point, rewind_results
+    from p2pgan.run.folder import claim_results_dir
+    from p2pgan.run.processes import wait_for_previous_nodes
+    from p2pgan.run.results import load_run_config
+    from p2pgan.strategies.catalogue import strategy_for
+
+    run_dir = args.run_dir
+    with claim_results_dir(run_dir, force=False, resume=True, key="RUN_DIR", source="scenario resume"):
+        scenario = load_run_config(run_dir)
+        strategy_for(scenario)
+        _refuse_completed(run_dir, scenario)
+        point = find_resume_point(run_dir, scenario.training.rounds)
+        wait_for_previous_nodes(run_dir)  # a killed coordinator's node processes notice and stop
+        _set_threads(args)
+        rewind_results(run_dir, point.round)
+        print(f"resuming {scenario.name} after round {point.round} of {scenario.training.rounds} ({run_dir})",
+              flush=True)
+        return _train(scenario, args, point)
+
+
+def _refuse_completed(run_dir: Path, scenario) -> None:
+    """A completed run has nothing to resume. With a process per node the coordinator's verdict
+    counts: node processes can finish the training after their coordinator was killed."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return
+    coordinator = summary.get("coordinator")
+    if scenario.transport.processes and not (isinstance(coordinator, dict) and coordinator.get("status") == "completed"):
+        return
+    raise P2PGanError(f"{run_dir}: the run completed (summary.json); nothing to resume")
+
+
+def _set_threads(args: argparse.Namespace) -> None:
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
-    with claim_results_dir(scenario.results_dir, force=args.force, resume=False, source=str(args.file)):
-        if scenario.transport.processes:
-            outcome = run_processes(scenario)
-        else:
-            live = sys.stdout.isatty() if args.live is None else args.live
-            observers = [_live_view(scenario)] if live else [PlainProgress()]
-            outcome = run_scenario(scenario, observers)
+
+
+def _train(scenario, args: argparse.Namespace, resume) -> int:
+    """Run (or continue) ``scenario`` in the results folder the caller has claimed."""
+    from p2pgan.run.processes import run_processes
+    from p2pgan.run.session import run_scenario
+    from p2pgan.ui.progress import PlainProgress
+
+    if scenario.execution.engine == "ray":
+        if resume is not None:
+            raise P2PGanError("resume is not available for execution.engine: ray yet")
+        from p2pgan.run.ray import run_ray
+
+        live = sys.stdout.isatty() if args.live is None else args.live
+        outcome = run_ray(scenario, [_live_view(scenario)] if live else [PlainProgress()])
+    elif scenario.transport.processes:
+        outcome = run_processes(scenario, resume=resume)
+    else:
+        live = sys.stdout.isatty() if args.live is None else args.live
+        observers = [_live_view(scenario)] if live else [PlainProgress()]
+        outcome = run_scenario(scenario, observers, resume=resume)
     if outcome.status == "completed":
         print(f"results: {scenario.results_dir}")
         return 0
     print(f"p2pgan: run {outcome.status}: {outcome.summary.get('detail', '')} "
-          f"(results so far kept in {scenario.results_dir})", file=sys.stderr)
+          f"(results so far kept in {scenario.results_dir}; continue with `p2pgan scenario resume "
+          f"{scenario.results_dir}`)", file=sys.stderr)
     return outcome.error.exit_code if outcome.error is not None and hasattr(outcome.error, "exit_code") else 130
 
 

@@ -1,35 +1,48 @@
 """``p2pgan whatif FILE --vary KEY=V1,V2,...``: re-price a scenario over a grid, no training.
 
-The model's blocks are profiled once; each grid point rebuilds the operation trace of the plan
-(a synthetic trace, exactly the operations the engine would perform) and prices it with SimPy,
-beside the analytic model. Keys: any dotted topology key (``server.clock_hz``,
-``profiles.device1.clock_hz``, ``links.*.up_bps``, ``shared.nic.up_bps``; ``*`` = every entry),
-``clients`` (number of clients), ``batch_size``, ``cuts`` (a plan: exact, ga, all-offload,
-all-local, full-model, mixed or four digits such as 0110). Writes ``whatif.csv`` and
-``whatif.png`` (seconds per iteration against the first varied key, one line per combination
-of the others) and prints a table.
+The model's blocks are profiled once per model size; each grid point is the scenario with the
+``--set`` values and that point's ``--vary`` values (the same keys: see
+:mod:`p2pgan.config.keys`), whose plan is rebuilt as an operation trace and priced with SimPy,
+beside the analytic model. Writes ``whatif.csv`` and ``whatif.png`` (seconds per iteration
+against the first varied key, one line per combination of the others) and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from p2pgan.commands.cuts import load_setting, scenario_plan_spec, table_console
+from p2pgan.commands.cuts import scenario_plan_spec, table_console
+from p2pgan.config.keys import KEYS_HELP, KeySpace, parse_assignment
+from p2pgan.config.loader import read_scenario
+from p2pgan.errors import ConfigError
+from p2pgan.sim.search import GAParams
+from p2pgan.sim.study import WhatIfGrid, parse_vary, run_whatif
+
+EXAMPLES = """examples:
+  p2pgan whatif scenarios/quick.yaml --vary training.batch_size=16,32,64
+  p2pgan whatif scenarios/quick.yaml --vary clients=10,100,1000 --vary links.*.up_bps="50 Mbit/s,1 Gbit/s"
+  p2pgan whatif scenarios/quick.yaml --set topology.server.clock_hz=21e9 --vary cuts=exact,all-offload,0110"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("whatif", help="re-price a scenario's operations over a grid of settings")
+    parser = subparsers.add_parser("whatif", help="re-price a scenario's operations over a grid of settings",
+                                   description="Re-price a scenario's operations over a grid of settings "
+                                               "(no training): every combination of the --vary values.",
+                                   epilog=f"{KEYS_HELP}\n\n{EXAMPLES}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", type=Path, help="scenario YAML")
-    parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...", required=True,
+    parser.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="a key and its values (repeatable; the grid is every combination)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a scenario key (repeatable)")
+                        help="set a key at every point (repeatable; the same keys as --vary)")
+    parser.add_argument("--list-keys", action="store_true", help="print the keys this scenario accepts and exit")
     parser.add_argument("--topology", type=Path, default=None,
                         help="topology YAML (default: the scenario's, else topologies/paper-edge.yaml)")
     parser.add_argument("--plan", default=None,
@@ -41,16 +54,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def whatif_command(args: argparse.Namespace) -> int:
-    from p2pgan.sim.study import parse_vary, run_whatif
-
-    varies = [parse_vary(text) for text in args.vary]
-    scenario, setting = load_setting(args.file, args.overrides, args.topology, args.generations, args.population)
-    spec = args.plan if args.plan is not None else scenario_plan_spec(scenario, setting, None)
-    rows = run_whatif(setting, spec, varies)
-    out = args.out or (Path("runs") / f"whatif-{scenario.name}")
-    csv_path, png_path = write_outputs(rows, [key for key, _ in varies], out)
-    print_rows(table_console(), rows, [key for key, _ in varies])
+    if args.list_keys:
+        return list_keys(args.file, args.topology)
+    if not args.vary:
+        raise ConfigError("whatif", "--vary", "give at least one --vary KEY=V1,V2,... (keys: p2pgan whatif --help)")
+    source = str(args.file)
+    grid = WhatIfGrid(args.file, sets=tuple(parse_assignment(text, source=source) for text in args.overrides),
+                      varies=tuple(parse_vary(text) for text in args.vary), plan=args.plan,
+                      topology=args.topology, ga=ga_params(args.generations, args.population))
+    rows = run_whatif(grid, lambda scenario, setting: scenario_plan_spec(scenario, setting, None))
+    keys = [kv.key for kv in grid.varies]
+    out = args.out or (Path("runs") / f"whatif-{read_scenario(args.file).get('name', args.file.stem)}")
+    csv_path, png_path = write_outputs(rows, keys, out)
+    print_rows(table_console(), rows, keys)
     print(f"wrote {csv_path} and {png_path}")
+    return 0
+
+
+def ga_params(generations: int | None, population: int | None) -> GAParams:
+    ga = GAParams()
+    if generations is not None:
+        ga = dataclasses.replace(ga, generations=generations)
+    if population is not None:
+        ga = dataclasses.replace(ga, population=population)
+    return ga
+
+
+def list_keys(file: Path, topology: Path | None) -> int:
+    raw = read_scenario(file)
+    if topology is not None:
+        raw["topology"] = str(topology.resolve())
+    space = KeySpace(raw, str(file), Path(file).resolve().parent)
+    print(f"keys of {file} (--set and --vary; topology: {space.topology_path()}):")
+    for key in space.valid_keys():
+        print(f"  {key}")
     return 0
 
 

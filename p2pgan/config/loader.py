@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -11,16 +12,30 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from p2pgan.config.keys import KeySpace, KeyValues, parse_assignment
 from p2pgan.config.schema import MAX_SECONDS, CutsSpec, Scenario
-from p2pgan.config.yamlfile import load_yaml_mapping, parse_yaml
+from p2pgan.config.yamlfile import load_yaml_mapping
 from p2pgan.errors import ConfigError
 
 
-def load_scenario(path: Path, overrides: Iterable[str] = ()) -> Scenario:
-    """Read, override and validate a scenario file. Raises :class:`ConfigError`."""
+def load_scenario(path: Path, overrides: Iterable[str | KeyValues] = ()) -> Scenario:
+    """Read, override and validate a scenario file. Raises :class:`ConfigError`.
+
+    ``overrides`` are ``--set`` texts (``key.path=value``, see :mod:`p2pgan.config.keys`) or
+    already parsed :class:`KeyValues` of one value each."""
     path = Path(path)
-    raw = load_yaml_mapping(path, "scenario")
-    raw = apply_overrides(_normalise_cuts(raw), overrides, str(path))
+    return scenario_from(read_scenario(path), path, overrides)
+
+
+def read_scenario(path: Path) -> dict[str, Any]:
+    """The scenario file's raw mapping (cut shorthands spelled out), before overrides."""
+    return _normalise_cuts(load_yaml_mapping(Path(path), "scenario"))
+
+
+def scenario_from(raw: dict[str, Any], path: Path, overrides: Iterable[str | KeyValues] = ()) -> Scenario:
+    """``raw`` (left unchanged) with ``overrides`` applied, validated as the scenario at ``path``."""
+    path = Path(path)
+    raw = apply_overrides(copy.deepcopy(raw), overrides, str(path), base_dir=path.resolve().parent)
     return parse_scenario(raw, path)
 
 
@@ -44,22 +59,18 @@ def _normalise_strategy(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides; values are parsed as YAML scalars/lists."""
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | KeyValues], source: str,
+                    base_dir: Path | None = None) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides in order (values parsed as the file's YAML), in place.
+
+    Keys are the key language of :mod:`p2pgan.config.keys`: dotted scenario paths with ``*``
+    wildcards, ``topology.<key>`` for the topology file, and the aliases ``clients``,
+    ``batch_size``, ``cuts`` and bare topology keys. ``base_dir`` is where a relative
+    ``topology:`` path is read from (the scenario file's folder)."""
+    space = KeySpace(raw, source, base_dir)
     for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key:
-            raise ConfigError(source, override, "override must look like key.path=value")
-        parts = key.split(".")
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(source, ".".join(parts[: i + 1]), "cannot set a key inside a non-mapping value")
-            node = child
-        node[parts[-1]] = parse_yaml(value, source, key)  # the file's checks: finite, bounded, no repeats
+        assignment = override if isinstance(override, KeyValues) else parse_assignment(override, source=source)
+        space.apply(assignment)
     return raw
 
 
@@ -209,4 +220,4 @@ def check_duration(seconds: float, key: str, *, source: str, allow_zero: bool = 
 
 
 __all__ = ["CutsSpec", "apply_overrides", "check_duration", "check_input_dir", "check_output_path",
-           "load_scenario", "parse_scenario"]
+           "load_scenario", "parse_scenario", "read_scenario", "scenario_from"]

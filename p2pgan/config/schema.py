@@ -13,8 +13,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from p2pgan.config.privacy import CutPrivacyBudget, PrivacyOptions
-from p2pgan.config.domains import (BUILTIN_DOMAINS, MAX_CLIENTS_PER_DOMAIN, DataShape, DomainEntry, UserDomain, check_domain_names,
-                                   client_counts, data_shape, domain_entry, resolve_user_domains, user_domains)
+from p2pgan.config.domains import (BUILTIN_DOMAINS, DataShape, DomainEntry, UserDomain,
+                                   check_domain_names, client_counts, data_shape, domain_entry, resolve_user_domains,
+                                   user_domains)
 from p2pgan.model.blocks import ModelSpec
 from p2pgan.model.policies import SCENARIO_POLICIES
 
@@ -141,6 +142,39 @@ class TransportSpec:
 
 
 @dataclass(config=STRICT)
+class ExecutionSpec:
+    """How the program is executed: a node per client over the transport, or one cohort engine
+    running every client in this process (no transport), on which device."""
+
+    engine: Literal["nodes", "cohort", "ray"] = "nodes"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """``auto``: the first CUDA device where one is available, else the CPU."""
+
+
+@dataclass(config=STRICT)
+class RaySpec:
+    """``execution: {engine: ray}``: the server and shards of clients as Ray actors (docs/ray.md)."""
+
+    address: Optional[str] = None
+    """``local`` (a private Ray, started and shut down by the run), ``auto`` (the cluster this
+    machine belongs to) or ``ray://host:port``; unset: ``$RAY_ADDRESS``, else ``local``."""
+    shards: int = Field(default=1, ge=1, le=100_000, strict=True)
+    """Actors hosting the clients (each about clients/shards of them); at most one per client."""
+    num_cpus_per_shard: float = Field(default=1.0, ge=0, le=1024, strict=True)
+    num_gpus_per_shard: float = Field(default=0.0, ge=0, le=64, strict=True)
+
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, address: Optional[str]) -> Optional[str]:
+        if address is None or address in ("local", "auto"):
+            return address
+        host, sep, port = address.removeprefix("ray://").rpartition(":")
+        if not address.startswith("ray://") or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected local, auto or ray://host:port, got {address!r}")
+        return address
+
+
+@dataclass(config=STRICT)
 class MetricsSpec:
     enabled: bool = True
     every: int = Field(default=1, ge=1, strict=True)
@@ -151,6 +185,13 @@ class MetricsSpec:
     utility_epochs: int = Field(default=3, ge=1, le=10_000, strict=True)
     utility: bool = True
     cache_dir: Optional[Path] = None
+
+
+@dataclass(config=STRICT)
+class CheckpointSpec:
+    enabled: bool = True
+    every: int = Field(default=1, ge=1, strict=True)
+    """Write a checkpoint every N rounds (Ctrl-C and SIGTERM also write the last completed round)."""
 
 
 @dataclass(config=STRICT)
@@ -172,11 +213,17 @@ class Scenario:
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     cuts: CutsSpec = Field(default_factory=lambda: CutsSpec(policy="all-offload"))
     topology: Optional[Path] = None
+    topology_overrides: dict[str, Any] = Field(default_factory=dict)
+    """Dotted topology keys set on top of the topology file (``--set topology.links.device1.up_bps=...``
+    writes here; see :mod:`p2pgan.config.keys`), applied wherever the topology is loaded."""
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     transport: TransportSpec = Field(default_factory=TransportSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     privacy: PrivacyOptions = Field(default_factory=PrivacyOptions)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     """The leakage audit (p2pgan privacy); ``enabled`` runs it after training on the trained weights."""
     source: Optional[Path] = None
     """The scenario file (set by the loader, not read from YAML)."""
@@ -242,6 +289,27 @@ class Scenario:
             raise ValueError(f"@transport.port base port {self.transport.port} + {self.num_clients} clients "
                              f"needs ports up to {self.transport.port + self.num_clients} (expected at most "
                              f"65535: a base port <= {65535 - self.num_clients}, or 0 for free ports)")
+        return self
+
+    @model_validator(mode="after")
+    def _cohort_runs_in_one_process(self) -> "Scenario":
+        if self.execution.engine == "cohort" and (self.transport.kind != "memory" or self.transport.processes):
+            used = "transport.processes" if self.transport.processes else f"transport.kind {self.transport.kind}"
+            raise ValueError(f"@execution.engine cohort runs every client in one process without a transport, "
+                             f"so it cannot use {used} (expected transport: memory without processes, "
+                             "or engine: nodes)")
+        return self
+
+    @model_validator(mode="after")
+    def _ray_runs_its_own_transport(self) -> "Scenario":
+        if self.execution.engine == "ray":
+            if self.transport.kind != "memory" or self.transport.processes:
+                used = "transport.processes" if self.transport.processes else f"transport.kind {self.transport.kind}"
+                raise ValueError(f"@execution.engine ray carries messages between its actors itself, so it cannot "
+                                 f"use {used} (expected transport: memory without processes)")
+            if self.ray.shards > self.num_clients:
+                raise ValueError(f"@ray.shards {self.ray.shards} shards for {self.num_clients} clients "
+                                 "(expected at most one shard per client)")
         return self
 
     @property

@@ -29,9 +29,9 @@ AUDIT_VERSION = 1
 def leakage_cache_key(scenario: Scenario) -> str:
     facts = {
         "version": AUDIT_VERSION,
-        "model": dataclasses.asdict(scenario.model.to_spec()),
+        "model": dataclasses.asdict(scenario.model_spec),
         "domains": sorted(scenario.domains),
-        "data": {d: str(load_domain(d, "train", scenario.data.root).source) for d in sorted(scenario.domains)},
+        "data": {d: str(load_domain(d, "train", scenario.data.root, scenario.datasets.get(d)).source) for d in sorted(scenario.domains)},
         "seed": scenario.seed,
         "batch_size": scenario.training.batch_size,
         "audit": dataclasses.asdict(dataclasses.replace(scenario.privacy, enabled=False, all_cuts=True)),
@@ -46,7 +46,7 @@ def measured_leakage(scenario: Scenario, progress=None) -> dict[ClientCut, Leaka
     if path.is_file():
         return load_leakage(path)
     options = dataclasses.replace(scenario.privacy, all_cuts=True)
-    audit = audit_initial(scenario.model.to_spec(), list(scenario.domains), (), options, scenario=scenario.name,
+    audit = audit_initial(scenario.model_spec, list(scenario.domains), (), options, scenario=scenario.name,
                           seed=scenario.seed, batch_size=scenario.training.batch_size,
                           data_root=scenario.data.root, progress=progress)
     table = {"".join(str(v) for v in row.cut.as_tuple()): {"ssim": row.ssim, "label_accuracy": row.label_accuracy}

@@ -9,7 +9,7 @@ the server no client example at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import torch
@@ -29,26 +29,29 @@ from p2pgan.strategies.catalogue import strategy_for
 from p2pgan.topology.profiles import load_topology
 
 
-def prepare_run(scenario: Scenario, costs: ModelCosts | None = None, for_node: str | None = None) -> PreparedRun:
+def prepare_run(scenario: Scenario, costs: ModelCosts | None = None, for_node: str | None = None,
+                for_nodes: Collection[str] | None = None) -> PreparedRun:
     """Everything a run needs before any node starts: data, partitions, cuts, schedule, costs.
 
     ``costs``: the model's measured costs when already known (a process per node reuses the
     coordinator's instead of profiling the model again). ``for_node``: keep only that node's
     examples (none for the server or any other id, e.g. a coordinator's ``SERVER_ID``).
+    ``for_nodes``: the same for a process hosting several nodes (a Ray shard of clients).
     """
     strategy = strategy_for(scenario)
-    train = {domain: load_domain(domain, "train", scenario.data.root) for domain in scenario.domains}
+    train = {domain: load_domain(domain, "train", scenario.data.root, scenario.datasets.get(domain))
+             for domain in scenario.domains}
     try:
-        partitions = partition_clients(scenario.domains, {d: data.labels for d, data in train.items()},
+        partitions = partition_clients(scenario.client_counts, {d: data.labels for d, data in train.items()},
                                        scenario.partition.kind, scenario.seed, scenario.partition.alpha,
-                                       cap_total=None)
+                                       cap_total=None, num_classes=scenario.data_shape.num_classes)
     except ValueError as exc:
         raise P2PGanError(f"{scenario.source}:partition: {exc}") from None
-    spec = scenario.model.to_spec()
+    spec = scenario.model_spec
     costs = costs if costs is not None else profile_model(spec)
     client_ids = [p.client_id for p in partitions]
     layout = strategy.layout(scenario, client_ids, lambda ids: scenario_cuts(scenario, ids, costs))
-    keep = _keeper(for_node, client_ids[0] if layout.pooled else None)
+    keep = _keeper(for_node, client_ids[0] if layout.pooled else None, for_nodes)
     client_data, clients, records = {}, [], []
     for part in partitions:
         if keep(part.client_id):
@@ -72,10 +75,15 @@ def scenario_cuts(scenario: Scenario, client_ids: Sequence[str], costs: ModelCos
     return resolve_cuts(scenario, client_ids, _search(costs))
 
 
-def _keeper(for_node: str | None, pooled_into: str | None):
+def _keeper(for_node: str | None, pooled_into: str | None, for_nodes: Collection[str] | None = None):
     """Which clients' examples this process keeps: all (one process runs every node), the
     node's own (a client process), none (the server, a coordinator). The client that pools
     every partition (centralized) keeps all of them: that is what it is."""
+    if for_nodes is not None:
+        hosted = frozenset(for_nodes)
+        if pooled_into is not None and pooled_into in hosted:
+            return lambda cid: True
+        return lambda cid: cid in hosted
     if for_node is None or (pooled_into is not None and for_node == pooled_into):
         return lambda cid: True
     return lambda cid: cid == for_node
@@ -84,7 +92,7 @@ def _keeper(for_node: str | None, pooled_into: str | None):
 def _search(costs: ModelCosts):
     def search(scenario: Scenario, client_ids: Sequence[str]) -> dict[str, ClientCut]:
         assert scenario.topology is not None and scenario.cuts.search is not None
-        topology = load_topology(scenario.topology)
+        topology = load_topology(scenario.topology, scenario.topology_overrides)
         assignment = topology.assign_profiles(list(client_ids))
         budget = scenario.cuts.privacy
         space = SearchSpace()

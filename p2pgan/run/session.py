@@ -1,7 +1,9 @@
 """One training run from a validated scenario: the composition root of a run.
 
 It prepares the run (one walk), wires the nodes over the transport, the extensions behind the
-round closer, the results writer and the caller's observers, stops cleanly, and writes the summary.
+round closer, the results writer, the checkpointer and the caller's observers, stops cleanly, and
+writes the summary. A resumed run restores the writer, the extensions and every node from a
+checkpoint and starts at the round after it (run/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from typing import Any
 from p2pgan.bus import EventBus
 from p2pgan.config.schema import Scenario
 from p2pgan.errors import P2PGanError
+from p2pgan.ids import SERVER_ID
 from p2pgan.plan.nodedata import PreparedRun
 from p2pgan.plan.program import Program
 from p2pgan.protocol.endpoint import Transport
 from p2pgan.protocol.events import LogEvent, RunFinished, RunStarted
+from p2pgan.run.checkpoint import (Checkpointable, CheckpointMarkers, Completed, ResumePoint, RoundCheckpointer,
+                                   RunSide)
+from p2pgan.run.cohort import run_cohort
 from p2pgan.run.closer import Extension, RoundCloser
 from p2pgan.run.evaluation import metrics_extension
 from p2pgan.run.latency import latency_extension, scenario_profiles
@@ -50,27 +56,54 @@ def run_started_event(prepared: PreparedRun) -> RunStarted:
 
 def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
                  transport: Transport | None = None, prepared: PreparedRun | None = None,
-                 node_ids: Sequence[str] | None = None) -> RunOutcome:
+                 node_ids: Sequence[str] | None = None, resume: ResumePoint | None = None,
+                 checkpoint_written: Completed | None = None) -> RunOutcome:
     """Train ``scenario`` to the end (or until Ctrl-C / a failure) and write its results folder.
 
     Results written before an interruption or a peer failure are kept; the summary says how
     the run ended. ``node_ids`` limits this process to some nodes (the others run elsewhere).
+    ``resume`` continues a run from its checkpoint (the results files already cut back to it).
+    Checkpoints (run/checkpoint.py) are written at round ends; this process completes them itself
+    when it runs every node, else it reports its part to ``checkpoint_written`` (the coordinator).
     """
     strategy = strategy_for(scenario)
     prepared = prepared or prepare_run(scenario)
+    all_nodes = [SERVER_ID, *prepared.plan.client_ids]
+    local = list(node_ids) if node_ids is not None else all_nodes
+    checkpointing = scenario.checkpoint.enabled and (node_ids is None or checkpoint_written is not None)
     bus = EventBus()
     writer = ResultsWriter(prepared, scenario.results_dir)
     bus.subscribe(writer)
+    extensions = _extensions(prepared, bus, writer, strategy.program, sees_all_nodes=node_ids is None,
+                             checkpointed=checkpointing, fresh=resume is None)
+    run_side = RunSide(scenario.results_dir, [p for p in (writer, *extensions) if isinstance(p, Checkpointable)])
+    markers = CheckpointMarkers(scenario.results_dir, all_nodes, prepared.plan.schedule.rounds, "one process")
+    checkpointer = None
+    if checkpointing:
+        checkpointer = RoundCheckpointer(scenario.results_dir, scenario.checkpoint.every, prepared.plan.schedule.rounds,
+                                         local, run_side, checkpoint_written or markers.report)
+        bus.subscribe(checkpointer.observe)  # after the writer: a round is captured once it is recorded
     for observer in observers:
         bus.subscribe(observer)
-    closer = RoundCloser(bus, _extensions(prepared, bus, writer, strategy.program, sees_all_nodes=node_ids is None))
+    closer = RoundCloser(bus, extensions)
     bus.subscribe(closer)
     bus.publish(run_started_event(prepared))
+    states = None
+    if resume is not None:
+        run_side.restore(resume)
+        states = resume.node_states(local)
+        bus.publish(LogEvent(f"resumed after round {resume.round} of {prepared.plan.schedule.rounds} "
+                             f"from {resume.folder}"))
     started = time.perf_counter()
     status, error, detail = "completed", None, ""
     internal: BaseException | None = None
     try:
-        asyncio.run(run_nodes(prepared, transport or build_transport(prepared), bus, node_ids, strategy))
+        first = resume.first_round if resume is not None else 1
+        if scenario.execution.engine == "cohort":
+            asyncio.run(run_cohort(prepared, bus, strategy, first, states, checkpointer))
+        else:
+            asyncio.run(run_nodes(prepared, transport or build_transport(prepared), bus, node_ids, strategy,
+                                  first, states, checkpointer))
     except KeyboardInterrupt:
         status, detail = "interrupted", "stopped by Ctrl-C"
     except P2PGanError as exc:
@@ -80,6 +113,10 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     finally:
         wall = time.perf_counter() - started
         writer.extra_summary.update(closer.finish(status))
+        if checkpointer is not None:
+            if status != "completed":
+                checkpointer.flush()  # the last round every local node finished, if not yet written
+            writer.extra_summary["checkpoints"] = _checkpoint_summary(checkpointer, markers, resume)
         finished = RunFinished(status, wall, detail)
         if status != "completed":
             bus.publish(LogEvent(f"run {status}: {detail}", "error" if error or internal else "warning"))
@@ -91,6 +128,17 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     return RunOutcome(status, summary, prepared, error)
 
 
+def _checkpoint_summary(checkpointer: RoundCheckpointer, markers: CheckpointMarkers,
+                        resume: ResumePoint | None) -> dict[str, Any]:
+    seconds = list(checkpointer.seconds.values())
+    return {
+        "resumed_after_round": resume.round if resume is not None else None,
+        "last_complete_round": markers.complete[-1] if markers.complete else None,
+        "written": len(seconds),
+        "write_s_mean": round(sum(seconds) / len(seconds), 4) if seconds else None,
+    }
+
+
 def _write_report(scenario: Scenario, bus: EventBus) -> None:
     try:
         write_report(scenario.results_dir)
@@ -99,9 +147,10 @@ def _write_report(scenario: Scenario, bus: EventBus) -> None:
 
 
 def _extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter, program: Program,
-                sees_all_nodes: bool) -> list[Extension]:
-    """Optional subsystems that observe a run and add to its rounds and summary (latency, metrics)."""
-    found = [latency_extension(prepared, bus, writer.directory, program, sees_all_nodes),
-             metrics_extension(prepared, bus, writer.directory),
+                sees_all_nodes: bool, checkpointed: bool = False, fresh: bool = True) -> list[Extension]:
+    """Optional subsystems that observe a run and add to its rounds and summary (latency, metrics).
+    ``checkpointed``: they keep what checkpoints need; ``fresh=False``: a resumed run's."""
+    found = [latency_extension(prepared, bus, writer.directory, program, sees_all_nodes, checkpointed),
+             metrics_extension(prepared, bus, writer.directory, fresh),
              privacy_extension(prepared, bus, writer.directory, program)]
     return [extension for extension in found if extension is not None]

@@ -135,6 +135,10 @@ class Feasibility:
                 raise ConfigError(topology.source, key,
                                   f"{format_bytes(limit)} holds no placement at batch {batch}: the smallest, "
                                   f"{self.placements[smallest]}, needs {format_bytes(self.needs[smallest].total)}")
+            if limit is None:
+                raise ConfigError(topology.source, f"profiles.{name}",
+                                  f"the privacy budget ({self.budget}) excludes every placement this search may "
+                                  "choose (allow full-local, or loosen cuts.privacy)")
             fitting = [str(p) for p, ok in zip(self.placements, self.memory_ok[i]) if ok]
             shown = ", ".join(fitting[:3]) + (f" and {len(fitting) - 3} more" if len(fitting) > 3 else "")
             raise ConfigError(topology.source, key,

@@ -9,25 +9,24 @@ are chosen: ``exact`` / ``ga`` (search), ``all-offload`` / ``all-local`` / ``ful
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Union
 
+from p2pgan.config.keys import CUTS, KeyValues, cut_digits, parse_assignment
+from p2pgan.config.loader import read_scenario, scenario_from
+from p2pgan.config.schema import Scenario
 from p2pgan.errors import ConfigError, P2PGanError
-from p2pgan.model.costs import ModelCosts
+from p2pgan.model.costs import ModelCosts, profile_model
 from p2pgan.model.segments import ClientCut, ClientSplit, all_cut_options, split_client, validate_cut
 from p2pgan.sim.pricing import (REFERENCE_POLICIES, PlanPrice, client_ids_for, cuts_to_splits, policy_splits,
                                 price_plan)
 from p2pgan.sim.search import GAParams, SearchResult, run_search
-from p2pgan.topology.profiles import Topology
+from p2pgan.topology.profiles import Topology, default_topology_path, load_topology
 
 PlanSpec = Union[str, Mapping[str, ClientCut]]
-
-SETTING_KEYS = ("clients", "batch_size", "cuts")
-"""What-if keys that change the setting rather than the topology file."""
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -66,11 +65,8 @@ def _cut_of(split: ClientSplit) -> ClientCut:
 
 def parse_cut(text: str) -> ClientCut | None:
     """``"0110"``, ``"0,1,1,0"`` or ``"(0,1,1,0)"`` as a cut; ``None`` when it is not one."""
-    digits = [ch for ch in text if ch.isdigit()]
-    stripped = text.strip("()[] ")
-    if len(digits) != 4 or any(ch not in "0123456789, " for ch in stripped):
-        return None
-    return ClientCut.of([int(d) for d in digits])
+    digits = cut_digits(text)
+    return None if digits is None else ClientCut.of(digits)
 
 
 def resolve_plan(spec: PlanSpec, setting: Setting) -> ResolvedPlan:
@@ -120,69 +116,87 @@ def compare_plans(setting: Setting, chosen: PlanSpec, references: Sequence[str] 
 # -- what-if grids -----------------------------------------------------------------------------
 
 
-def parse_vary(text: str) -> tuple[str, list[Any]]:
-    """``KEY=V1,V2,...`` -> (key, values); values read as YAML scalars (``1e9`` stays text)."""
-    import yaml
-
-    key, sep, values = text.partition("=")
-    key = key.strip()
-    if not sep or not key or not values.strip():
-        raise ConfigError("--vary", text, "expected KEY=V1,V2,... (e.g. server.clock_hz=21e9,42e9)")
-    parsed = []
-    for raw in values.split(","):
-        raw = raw.strip()
-        if not raw:
-            raise ConfigError("--vary", key, f"empty value in {values!r}")
-        if key == "cuts":  # plan names and cut digits stay text ("0110" is not octal 72)
-            parsed.append(raw)
-            continue
-        try:
-            parsed.append(yaml.safe_load(raw))
-        except yaml.YAMLError:
-            parsed.append(raw)
-    return key, parsed
+def parse_vary(text: str) -> KeyValues:
+    """``KEY=V1,V2,...`` -> :class:`KeyValues` (the key language of :mod:`p2pgan.config.keys`:
+    every value read as ``--set`` reads it, split at commas outside brackets)."""
+    return parse_assignment(text, "--vary", many=True)
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
-        raise ConfigError("--vary", key, f"expected a positive whole number, got {value!r}")
-    return int(value)
+PlanOf = Callable[[Scenario, Setting], PlanSpec]
+"""The plan a grid point prices when nothing names one (the scenario's cuts, searched or fixed)."""
 
 
-def run_whatif(base: Setting, plan: PlanSpec, varies: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
-    """Price ``plan`` at every point of the grid; one row per point.
+@dataclass(frozen=True)
+class WhatIfGrid:
+    """A scenario file and what changes it: ``sets`` at every point, ``varies`` over the grid.
 
-    Topology keys are dotted paths into the topology file (``*`` matches every entry of a
-    mapping: ``links.*.up_bps``). ``clients`` and ``batch_size`` change the setting; ``cuts``
-    replaces the plan spec. A searched plan is searched again at every point, so the row is what
-    the best plan costs under that condition. The block costs are never re-measured.
+    Every key is a scenario key (:mod:`p2pgan.config.keys`); a point is the scenario with the
+    ``--set`` values and that point's ``--vary`` values, validated as ``p2pgan scenario run``
+    would. ``cuts`` (the alias) is the plan that point prices (it also takes ``full-model``, and
+    a search needs no ``topology:`` line); else ``plan`` (``--plan``), else ``plan_of``.
     """
-    keys = [key for key, _ in varies]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("--vary", keys[0], "each key may be varied once")
+
+    file: Path
+    sets: tuple[KeyValues, ...] = ()
+    varies: tuple[KeyValues, ...] = ()
+    plan: PlanSpec | None = None
+    topology: Path | None = None
+    """Price on this topology file instead of the scenario's (``--topology``)."""
+    ga: GAParams = field(default_factory=GAParams)
+
+    def points(self) -> Iterator[tuple[KeyValues, ...]]:
+        keys = [kv.key for kv in self.varies]
+        if len(set(keys)) != len(keys):
+            raise ConfigError("--vary", keys[0], "each key may be varied once")
+        for indices in itertools.product(*[range(len(kv.values)) for kv in self.varies]):
+            yield tuple(kv.at(i) for kv, i in zip(self.varies, indices))
+
+
+class _Settings:
+    """Scenario -> :class:`Setting`, profiling each model size once (the costs are per block)."""
+
+    def __init__(self, ga: GAParams) -> None:
+        self.ga = ga
+        self._costs: dict[str, ModelCosts] = {}
+
+    def __call__(self, scenario: Scenario) -> Setting:
+        spec = scenario.model_spec
+        costs = self._costs.get(repr(spec))
+        if costs is None:
+            costs = self._costs[repr(spec)] = profile_model(spec)
+        topology = load_topology(scenario.topology or default_topology_path(), scenario.topology_overrides)
+        return Setting(costs, tuple(client_ids_for(scenario.num_clients)), scenario.training.batch_size,
+                       topology, scenario.seed, self.ga)
+
+
+def run_whatif(grid: WhatIfGrid, plan_of: PlanOf) -> list[dict[str, Any]]:
+    """Price every point of ``grid``; one row per point, the varied keys as written.
+
+    A searched plan is searched again at every point, so the row is what the best plan costs
+    under that condition. Block costs are measured once per model size, never per point.
+    """
+    raw = read_scenario(grid.file)
+    # --topology is the scenario's topology: topology keys then name its entries.
+    first = (KeyValues.of("topology", str(grid.topology.resolve())),) if grid.topology is not None else ()
+    settings = _Settings(grid.ga)
     rows = []
     trace_cache: dict[tuple, PlanPrice] = {}
-    for values in itertools.product(*[vals for _, vals in varies]):
-        point = dict(zip(keys, values))
-        setting, spec = base, plan
-        topo_values = {k: v for k, v in point.items() if k not in SETTING_KEYS}
-        if topo_values:
-            setting = dataclasses.replace(setting, topology=base.topology.replaced(topo_values))
-        if "clients" in point:
-            setting = dataclasses.replace(setting, client_ids=tuple(client_ids_for(_positive_int("clients", point["clients"]))))
-        if "batch_size" in point:
-            setting = dataclasses.replace(setting, batch_size=_positive_int("batch_size", point["batch_size"]))
-        if "cuts" in point:
-            spec = str(point["cuts"])
+    for point in grid.points():
+        assignments = [*first, *grid.sets, *point]
+        cut_texts = [kv.texts[0] for kv in assignments if kv.key == CUTS]
+        scenario = scenario_from(raw, grid.file, [kv for kv in assignments if kv.key != CUTS])
+        setting = settings(scenario)
+        spec: PlanSpec = cut_texts[-1] if cut_texts else (grid.plan if grid.plan is not None else plan_of(scenario, setting))
         resolved = resolve_plan(spec, setting)
-        key = (setting.topology.raw.__repr__(), setting.client_ids, setting.batch_size,
+        key = (repr(setting.topology.raw), setting.client_ids, setting.batch_size, repr(setting.costs.spec),
                tuple(resolved.splits[c] for c in setting.client_ids))
         priced = trace_cache.get(key)
         if priced is None:
             priced = trace_cache[key] = price(resolved, setting)
-        row = {**point, "plan": resolved.name, "sim_s_per_iter": priced.simulated_s,
+        row = {**{kv.key: kv.texts[0] for kv in point}, "plan": resolved.name, "sim_s_per_iter": priced.simulated_s,
                "analytic_s_per_iter": priced.analytic_s, "federate_s": priced.federate_s,
-               "server_busy_s": priced.server_busy_s, "clients": len(setting.client_ids)}
+               "server_busy_s": priced.server_busy_s, "clients": len(setting.client_ids),
+               "batch_size": setting.batch_size}
         if resolved.search is not None:
             row["plan_per_profile"] = " ".join(f"{p}={c}" for p, c in resolved.search.per_profile.items())
         rows.append(row)

@@ -292,11 +292,13 @@ def _set_dotted(node: Any, parts: list[str], value: Any, key: str, source: str) 
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_topology(path: Path) -> Topology:
-    """Read and validate a topology file. Raises :class:`ConfigError` with ``file:key: problem``."""
+def load_topology(path: Path, overrides: Mapping[str, Any] | None = None) -> Topology:
+    """Read and validate a topology file, then set ``overrides`` (dotted keys, a scenario's
+    ``topology_overrides``). Raises :class:`ConfigError` with ``file:key: problem``."""
     raw = load_yaml_mapping(Path(path), "topology")
     source = str(path)
-    return topology_from_mapping(raw, source)
+    topology = topology_from_mapping(raw, source)
+    return topology.replaced(overrides) if overrides else topology
 
 
 def topology_from_mapping(raw: Mapping[str, Any], source: str = "<topology>") -> Topology:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 
 from p2pgan.bus import EventBus
 from p2pgan.errors import P2PGanError
@@ -24,6 +23,7 @@ from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.protocol.events import ClientLosses
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
+from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
 class BatchSampler:
@@ -147,21 +147,9 @@ class ClientNode:
 
     def _local(self, action: Local, it: _Iteration) -> None:
         if action.action is LocalAction.LOSS:
-            total = None
-            for result, target in action.terms:
-                out = it.tensors[result]
-                term = F.binary_cross_entropy(out, torch.full_like(out, target))
-                it.terms[result] = term
-                total = term if total is None else total + term
-            it.losses[action.name] = total
-            return
-        optimizer = self._optimizers[action.network.name]
-        if optimizer is None:
-            return
-        if action.action is LocalAction.ZERO_GRAD:
-            optimizer.zero_grad(set_to_none=True)
+            it.losses[action.name] = compute_loss(action, it.tensors, it.terms)
         else:
-            optimizer.step()
+            apply_optimizer_action(action, self._optimizers)
 
     async def _up(self, trip: RoundTrip, it: _Iteration) -> None:
         """The client's half before the server: compute ``before``, upload if via the server."""

@@ -28,7 +28,6 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 
 from p2pgan.bus import EventBus
 from p2pgan.engine.client import BatchSampler
@@ -50,6 +49,7 @@ from p2pgan.protocol.events import ClientLosses, NodeStateEvent, RoundAggregated
 from p2pgan.protocol.federation import Aggregator, BlockState, ClientUpdate, FederationInput, FederationResult
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.protocol.params import float_state
+from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 LOSS_NAMES = ("d_real", "d_fake", "d_loss", "g_loss")
 
@@ -332,21 +332,9 @@ class CohortEngine:
     def _local(self, action: Local, its: dict[str, _ClientIteration]) -> None:
         if action.action is LocalAction.LOSS:
             for it in its.values():
-                total = None
-                for result, target in action.terms:
-                    out = it.tensors[result]
-                    term = F.binary_cross_entropy(out, torch.full_like(out, target))
-                    it.terms[result] = term
-                    total = term if total is None else total + term
-                it.losses[action.name] = total
+                it.losses[action.name] = compute_loss(action, it.tensors, it.terms)
             return
-        optimizer = self._optimizers[action.network.name]
-        if optimizer is None:
-            return
-        if action.action is LocalAction.ZERO_GRAD:
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            optimizer.step()
+        apply_optimizer_action(action, self._optimizers)
 
     def _losses(self, round_: int, step: int, its: dict[str, _ClientIteration]) -> list[ClientLosses]:
         # One device-to-host copy for the whole cohort (a ``.item()`` each would sync per value).

@@ -20,8 +20,9 @@ from p2pgan.protocol.events import RoundAggregated
 from p2pgan.protocol.federation import Aggregator, ClientUpdate, FederationInput, FederationResult
 
 from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef, build_initial_blocks
-from p2pgan.plan.program import BWD, FWD, Exchange, Local, LocalAction, Program, RoundTrip, network_split
+from p2pgan.plan.program import BWD, FWD, Exchange, Local, Program, RoundTrip, network_split
 from p2pgan.protocol.endpoint import Endpoint
+from p2pgan.engine.locals import apply_optimizer_action
 
 
 @dataclass
@@ -79,13 +80,7 @@ class ServerNode:
                     else:
                         await self._backward(trip, clients, {name: graphs[phase] for name, phase in trip.grad_of})
             elif isinstance(action, Local):
-                optimizer = self._optimizers.get(action.network.name) if action.network is not None else None
-                if optimizer is None:
-                    continue
-                if action.action is LocalAction.ZERO_GRAD:
-                    optimizer.zero_grad(set_to_none=True)
-                elif action.action is LocalAction.STEP:
-                    optimizer.step()
+                apply_optimizer_action(action, self._optimizers)
             else:
                 raise TypeError(f"the split server cannot execute {type(action).__name__}")
 

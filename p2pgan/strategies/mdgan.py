@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 
 from p2pgan.bus import EventBus
 from p2pgan.config.schema import Scenario
@@ -53,6 +52,7 @@ from p2pgan.protocol.federation import Aggregator, ClientUpdate, FederationInput
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
 from p2pgan.strategies.base import CutResolver, Layout, Strategy, full_local_layout
+from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
 class _Node:
@@ -89,14 +89,7 @@ class _Node:
         return Segment({name: self.blocks[name] for name in network.block_names})
 
     def _optimizer_step(self, action: Local) -> None:
-        """ZERO_GRAD / STEP of a network's optimizer; a node that holds none of it skips."""
-        optimizer = self._optimizers.get(action.network.name) if action.network is not None else None
-        if optimizer is None:
-            return
-        if action.action is LocalAction.ZERO_GRAD:
-            optimizer.zero_grad(set_to_none=True)
-        elif action.action is LocalAction.STEP:
-            optimizer.step()
+        apply_optimizer_action(action, self._optimizers)
 
 
 def _broadcasts(program: Program) -> tuple[Broadcast, ...]:
@@ -281,13 +274,7 @@ class MDGanClient(_Node):
         if action.action is not LocalAction.LOSS:
             self._optimizer_step(action)
             return
-        total = None
-        for result, target in action.terms:
-            out = it.outputs[result]
-            term = F.binary_cross_entropy(out, torch.full_like(out, target))
-            it.terms[result] = term
-            total = term if total is None else total + term
-        it.losses[action.name] = total
+        it.losses[action.name] = compute_loss(action, it.outputs, it.terms)
 
     async def federate(self, round_: int, losses: dict[str, float]) -> None:
         self._port.at(round_, ROUND_LEVEL_STEP)

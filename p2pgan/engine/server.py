@@ -14,14 +14,14 @@ from p2pgan.engine.state import NodeState, blocks_state, copy, load_blocks, load
 from p2pgan.plan.run import ClientPlan, RunPlan, feature_block
 from p2pgan.engine.port import NodePort
 from p2pgan.plan.setup import NodeSetup
-from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
 from p2pgan.bus import EventBus
 from p2pgan.protocol.events import RoundAggregated
-from p2pgan.protocol.federation import Aggregator, ClientUpdate, FederationInput, FederationResult
+from p2pgan.protocol.federation import Aggregator, FederationResult
 
 from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef, build_initial_blocks
 from p2pgan.plan.program import BWD, FWD, Exchange, Local, Program, RoundTrip, network_split
 from p2pgan.protocol.endpoint import Endpoint
+from p2pgan.engine.federate import federate_round
 from p2pgan.engine.locals import apply_optimizer_action
 
 
@@ -86,30 +86,8 @@ class ServerNode:
 
     async def federate(self, round_: int) -> FederationResult:
         self._port.at(round_, ROUND_LEVEL_STEP)
-        updates: dict[str, ClientUpdate] = {}
-        losses: dict[str, dict[str, float]] = {}
-        for client in self._plan.clients:
-            msg = await self._port.receive(MessageKind.PARAMS, client.client_id, Phase.FEDERATE)
-            losses[client.client_id] = {k: float(v) for k, v in msg.meta.items() if k != "num_examples"}
-            updates[client.client_id] = ClientUpdate(
-                client.client_id, client.num_examples, client.cut.as_tuple(), unflatten_blocks(msg.tensors), losses[client.client_id])
-        inputs = FederationInput(
-            round=round_,
-            updates=updates,
-            server_blocks={name: float_state(block) for name, block in self.blocks.items()},
-            features=dict(self._features),
-            num_domains=self._num_domains,
-            block_order=tuple(name for net in NETWORKS for name in net.block_names),
-        )
-        self._port.state("computing")
-        result = self._strategy.aggregate(inputs)
-        averaged = sum(t.numel() for u in updates.values() for s in u.blocks.values() for t in s.values())
-        self._port.computed((), Phase.FEDERATE, "fwd", len(updates), float(averaged))
-        for name, state in result.server_blocks.items():
-            self.blocks[name].load_state_dict(state, strict=False)
-        for client in self._plan.clients:
-            await self._port.send(self._port.message(MessageKind.AGGREGATE, client.client_id, Phase.FEDERATE,
-                                                     flatten_blocks(result.client_blocks[client.client_id])))
+        result, losses = await federate_round(self._port, self._plan, round_, self.blocks, self._strategy,
+                                              self._features, self._num_domains)
         self._bus.publish(RoundAggregated(round_, result, losses))
         return result
 

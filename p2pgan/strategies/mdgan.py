@@ -48,10 +48,11 @@ from p2pgan.plan.program import BWD, FWD, MD_GAN, Broadcast, ClientCompute, Loca
 from p2pgan.plan.setup import node_seed
 from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.protocol.events import ClientLosses, RoundAggregated
-from p2pgan.protocol.federation import Aggregator, ClientUpdate, FederationInput, FederationResult
+from p2pgan.protocol.federation import Aggregator, FederationInput, FederationResult
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
 from p2pgan.strategies.base import CutResolver, Layout, Strategy, full_local_layout
+from p2pgan.engine.federate import federate_round
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
@@ -152,31 +153,8 @@ class MDGanServer(_Node):
     async def federate(self, round_: int) -> FederationResult:
         """Collect every client's parameters, let the strategy decide, send each what it loads."""
         self._port.at(round_, ROUND_LEVEL_STEP)
-        updates: dict[str, ClientUpdate] = {}
-        losses: dict[str, dict[str, float]] = {}
-        for client in self._plan.clients:
-            msg = await self._port.receive(MessageKind.PARAMS, client.client_id, Phase.FEDERATE)
-            losses[client.client_id] = {k: float(v) for k, v in msg.meta.items() if k != "num_examples"}
-            updates[client.client_id] = ClientUpdate(client.client_id, client.num_examples, client.cut.as_tuple(),
-                                                     unflatten_blocks(msg.tensors), losses[client.client_id])
-        inputs = FederationInput(
-            round=round_,
-            updates=updates,
-            server_blocks={name: float_state(block) for name, block in self.blocks.items()},
-            features={},
-            num_domains=self._num_domains,
-            block_order=tuple(name for net in NETWORKS for name in net.block_names),
-        )
-        self._port.state("computing")
-        result = self._strategy.aggregate(inputs)
-        # Priced like every aggregation: one read of each float element the clients sent.
-        moved = sum(t.numel() for u in updates.values() for s in u.blocks.values() for t in s.values())
-        self._port.computed((), Phase.FEDERATE, FWD, len(updates), float(moved))
-        for name, state in result.server_blocks.items():
-            self.blocks[name].load_state_dict(state, strict=False)
-        for cid in self._clients:
-            await self._port.send(self._port.message(MessageKind.AGGREGATE, cid, Phase.FEDERATE,
-                                                     flatten_blocks(result.client_blocks[cid])))
+        result, losses = await federate_round(self._port, self._plan, round_, self.blocks, self._strategy, {},
+                                              self._num_domains)
         self._bus.publish(RoundAggregated(round_, result, losses))
         return result
 

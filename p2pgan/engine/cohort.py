@@ -49,6 +49,7 @@ from p2pgan.protocol.events import ClientLosses, NodeStateEvent, RoundAggregated
 from p2pgan.protocol.federation import Aggregator, BlockState, ClientUpdate, FederationInput, FederationResult
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.protocol.params import float_state
+from p2pgan.engine.batching import run_middle
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 LOSS_NAMES = ("d_real", "d_fake", "d_loss", "g_loss")
@@ -356,21 +357,13 @@ class CohortEngine:
             return graph
         for client in clients:
             graph.leaves[client.id] = self._receive_upload(client, trip, its[client.id])["act"].requires_grad_(True)
-        flowing: dict[str, torch.Tensor] = {}
-        for name in net.block_names:
-            # Client-id order, as the server concatenates.
-            users = [c.id for c in clients if name in network_split(c.plan.split, net).server]
-            if not users:
-                continue
-            inputs = [flowing.get(c, graph.leaves[c]) for c in users]
-            sizes = [x.shape[0] for x in inputs]
-            out = self.server_blocks[name](torch.cat(inputs) if len(inputs) > 1 else inputs[0])
-            for c, chunk in zip(users, out.split(sizes)):
-                flowing[c] = chunk
-                if trip.features and name == self._feature_block:
-                    # A copy: a view would keep the whole batched output alive until the next pass.
-                    self._features[c] = chunk.detach().clone()
-            graph.samples_per_block[name] = sum(sizes)
+        middle = run_middle(self.server_blocks, net.block_names,
+                            {c.id: network_split(c.plan.split, net).server for c in clients}, graph.leaves,
+                            self._feature_block if trip.features else None)
+        flowing = middle.flowing
+        # A copy: a view would keep the whole batched output alive until the next pass.
+        self._features.update({c: chunk.detach().clone() for c, chunk in middle.kept.items()})
+        graph.samples_per_block.update(middle.samples_per_block)
         self._port.computed(SERVER_ID, tuple(graph.samples_per_block), phase, FWD,
                             sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))
         for client in clients:

@@ -22,6 +22,7 @@ from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef, build_initi
 from p2pgan.plan.program import BWD, FWD, Exchange, Local, Program, RoundTrip, network_split
 from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.engine.federate import federate_round
+from p2pgan.engine.batching import run_middle
 from p2pgan.engine.locals import apply_optimizer_action
 
 
@@ -102,21 +103,11 @@ class ServerNode:
             msg = await self._port.receive(MessageKind.ACTIVATION, client.client_id, phase)
             graph.leaves[client.client_id] = msg.tensors["act"].requires_grad_(True)
         self._port.state("computing")
-        flowing: dict[str, torch.Tensor] = {}
-        record_features = trip.features
-        for name in net.block_names:
-            # Client-id order, never arrival order: that is what keeps every transport bit-identical.
-            users = [c.client_id for c in clients if name in self._server_part(c, net)]
-            if not users:
-                continue
-            inputs = [flowing.get(c, graph.leaves[c]) for c in users]
-            sizes = [x.shape[0] for x in inputs]
-            out = self.blocks[name](torch.cat(inputs) if len(inputs) > 1 else inputs[0])
-            for c, chunk in zip(users, out.split(sizes)):
-                flowing[c] = chunk
-                if record_features and name == self._feature_block:
-                    self._features[c] = chunk.detach()
-            graph.samples_per_block[name] = sum(sizes)
+        middle = run_middle(self.blocks, net.block_names, {c.client_id: self._server_part(c, net) for c in clients},
+                            graph.leaves, self._feature_block if trip.features else None)
+        flowing = middle.flowing
+        self._features.update({c: chunk.detach() for c, chunk in middle.kept.items()})
+        graph.samples_per_block.update(middle.samples_per_block)
         self._port.computed(tuple(graph.samples_per_block), phase, FWD,
                             sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))
         for client in clients:

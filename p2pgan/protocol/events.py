@@ -158,3 +158,29 @@ class RoundClosed:
     simulated_s: float | None = None
     """Simulated seconds of the run after this round (the latency extension's estimate)."""
     wall_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ParticipationChanged:
+    """Who takes part from this point of a round on (faults: dropout, rejoin, a deadline missed,
+    a dead peer dropped under ``faults.policy: continue``). Published when the set changes."""
+
+    round: int
+    step: int
+    present: tuple[str, ...]
+    dropped: tuple[str, ...]
+    reason: str = ""
+    """Why the last change happened, one line (e.g. ``c003 dropped out (scripted)``)."""
+
+
+@dataclass(frozen=True)
+class PreparationStep:
+    """A preparation step before round 1 (data loading, the judge's training, the cut search).
+
+    ``state`` is "started" or "done"; ``detail`` a short line shown by the live view.
+    """
+
+    name: str
+    state: str  # "started" | "done"
+    detail: str = ""
+    seconds: float | None = None

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 import os
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +36,7 @@ def read_scenario(path: Path) -> dict[str, Any]:
 def scenario_from(raw: dict[str, Any], path: Path, overrides: Iterable[str | KeyValues] = ()) -> Scenario:
     """``raw`` (left unchanged) with ``overrides`` applied, validated as the scenario at ``path``."""
     path = Path(path)
-    raw = apply_overrides(copy.deepcopy(raw), overrides, str(path), base_dir=path.resolve().parent)
+    raw = apply_overrides(_normalise_cuts(copy.deepcopy(raw)), overrides, str(path), base_dir=path.resolve().parent)
     return parse_scenario(raw, path)
 
 
@@ -53,10 +54,15 @@ def _normalise_strategy(raw: dict[str, Any]) -> dict[str, Any]:
     """``strategy: {name: n, k: v}`` -> ``{name: n, options: {k: v}}``: the options are the
     strategy's own section, validated by its ``Options`` class, not by this schema."""
     strategy = raw.get("strategy")
-    if isinstance(strategy, dict) and "options" not in strategy:
-        options = {k: v for k, v in strategy.items() if k != "name"}
-        raw = {**raw, "strategy": {**({"name": strategy["name"]} if "name" in strategy else {}), "options": options}}
-    return raw
+    if not isinstance(strategy, dict):
+        return raw
+    options = strategy.get("options")
+    if options is not None and not isinstance(options, dict):
+        return raw  # the schema says what is wrong with it
+    # A run's config.json writes ``{name, options: {...}}``; ``--set strategy.k=v`` on it adds a flat key.
+    flat = {k: v for k, v in strategy.items() if k not in ("name", "options")}
+    merged = {**(options or {}), **flat}
+    return {**raw, "strategy": {**({"name": strategy["name"]} if "name" in strategy else {}), "options": merged}}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | KeyValues], source: str,
@@ -77,8 +83,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str | KeyValues], s
 def parse_scenario(raw: dict[str, Any], path: Path) -> Scenario:
     source = str(path)
     raw = _normalise_strategy(_normalise_cuts(dict(raw)))
-    if "source" in raw:
-        raise ConfigError(source, "source", "unknown key (set by the loader, not by the file)")
+    _drop_provenance(raw, source)
     try:
         scenario = Scenario(**raw, source=path)
     except ValidationError as exc:
@@ -88,6 +93,18 @@ def parse_scenario(raw: dict[str, Any], path: Path) -> Scenario:
     return _resolve_paths(scenario, path)
 
 
+def _drop_provenance(raw: dict[str, Any], source: str) -> None:
+    """A run's ``config.json`` is the resolved scenario and may be run again as one: its
+    ``source`` (the file it was resolved from) is a record, not a setting. The file being read
+    is the scenario's source now, and every path in a resolved config is already absolute."""
+    if "source" not in raw:
+        return
+    if raw["source"] is not None and not isinstance(raw["source"], str):
+        raise ConfigError(source, "source", "expected the path of the scenario file this config was resolved "
+                                            f"from (a run's config.json records it), got {_shown(raw['source'])}")
+    del raw["source"]
+
+
 def _resolve_paths(scenario: Scenario, path: Path) -> Scenario:
     base = path.resolve().parent
     data = dataclasses.replace(scenario.data, root=_under(base, scenario.data.root))
@@ -95,6 +112,7 @@ def _resolve_paths(scenario: Scenario, path: Path) -> Scenario:
     output_dir = _under(base, scenario.output.dir) if scenario.output.dir is not None else (Path.cwd() / "runs" / scenario.name)
     output = dataclasses.replace(scenario.output, dir=output_dir)
     metrics = dataclasses.replace(scenario.metrics, cache_dir=_under(base, scenario.metrics.cache_dir))
+    logging = dataclasses.replace(scenario.logging, dir=_under(base, scenario.logging.dir))
     topology = _under(base, scenario.topology)
     if topology is not None and not topology.is_file():
         raise ConfigError(str(path), "topology", f"topology file not found: {topology}")
@@ -104,7 +122,10 @@ def _resolve_paths(scenario: Scenario, path: Path) -> Scenario:
     check_output_path(output_dir, "output.dir", source=source)
     if metrics.cache_dir is not None:
         check_output_path(metrics.cache_dir, "metrics.cache_dir", source=source)
-    return dataclasses.replace(scenario, data=data, output=output, metrics=metrics, topology=topology)
+    if logging.dir is not None:
+        check_output_path(logging.dir, "logging.dir", source=source)
+    return dataclasses.replace(scenario, data=data, output=output, metrics=metrics, topology=topology,
+                               logging=logging)
 
 
 def _under(base: Path, value: Path | None) -> Path | None:
@@ -116,13 +137,14 @@ def _under(base: Path, value: Path | None) -> Path | None:
 
 def _config_error(source: str, exc: ValidationError) -> ConfigError:
     error = exc.errors()[0]
-    loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
-    key = ".".join(loc)
+    loc = [str(part) if not isinstance(part, int) else f"[{part}]" for part in error["loc"]
+           if not str(part).startswith("function-")]
+    key = ".".join(loc).replace(".[", "[")  # list items as the YAML reader names them: dropout[0].clients
     message = error["msg"].removeprefix("Value error, ")
     # Cross-field validators name the key they blame as "@dotted.key problem".
     if message.startswith("@"):
         blamed, _, message = message[1:].partition(" ")
-        key = ".".join(loc + [blamed]) if loc else blamed
+        key = ".".join(loc + [blamed]).replace(".[", "[") if loc else blamed
     if error["type"] == "unexpected_keyword_argument" or error["type"] == "extra_forbidden":
         message = f"unknown key (expected one of: {_allowed_keys(loc[:-1])})"
     elif error["type"] == "missing" or error["type"] == "missing_argument":
@@ -142,10 +164,15 @@ def _shown(value: Any, limit: int = 60) -> str:
 def _allowed_keys(loc: list[str]) -> str:
     section: Any = Scenario
     for part in loc:
+        if part.startswith("["):  # an item of a list of sections (faults.dropout[0])
+            continue
         info = section.__pydantic_fields__.get(part)
-        if info is None or not hasattr(info.annotation, "__pydantic_fields__"):
+        annotation = info.annotation if info is not None else None
+        if typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
+        if not hasattr(annotation, "__pydantic_fields__"):
             break
-        section = info.annotation
+        section = annotation
     return ", ".join(name for name in section.__pydantic_fields__ if name != "source")
 
 

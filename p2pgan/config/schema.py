@@ -6,8 +6,10 @@ the loader turns into one-line ``file:key: problem`` messages.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Literal, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.dataclasses import dataclass
@@ -16,6 +18,7 @@ from p2pgan.config.privacy import CutPrivacyBudget, PrivacyOptions
 from p2pgan.config.domains import (BUILTIN_DOMAINS, DataShape, DomainEntry, UserDomain,
                                    check_domain_names, client_counts, data_shape, domain_entry, resolve_user_domains,
                                    user_domains)
+from p2pgan.ids import client_id
 from p2pgan.model.blocks import ModelSpec
 from p2pgan.model.policies import SCENARIO_POLICIES
 
@@ -194,11 +197,162 @@ class CheckpointSpec:
     """Write a checkpoint every N rounds (Ctrl-C and SIGTERM also write the last completed round)."""
 
 
+ClientSelector = Union[str, list[str]]
+"""Clients a fault applies to: ``"*"`` (every client), a domain name (that domain's clients), a
+client id (``c003``), or a list of those."""
+MAX_SLOWDOWN = 1e6
+MAX_VIRTUAL_SECONDS = 1e12
+"""Upper bound on a virtual-time deadline (simulated seconds: no timer ever waits for it)."""
+
+
+def _selector_names(clients: ClientSelector) -> tuple[str, ...]:
+    return (clients,) if isinstance(clients, str) else tuple(clients)
+
+
+def _selector_input(clients: object) -> object:
+    """Refuse anything but a name or a list of names before the union's own messages would."""
+    if isinstance(clients, str) or (isinstance(clients, list) and all(isinstance(c, str) for c in clients)):
+        return clients
+    raise ValueError(f'expected "*", a domain, a client id or a list of those, got {clients!r}')
+
+
+def _check_selector(clients: ClientSelector) -> ClientSelector:
+    names = _selector_names(clients)
+    if not names:
+        raise ValueError('@clients names no client (expected "*", a domain, a client id or a list of those)')
+    for name in names:
+        if not name or not name.strip():
+            raise ValueError('@clients an empty name (expected "*", a domain or a client id)')
+    return clients
+
+
+@dataclass(config=STRICT)
+class _ClientRule:
+    """A fault rule's ``clients``: checked once here for every kind of rule."""
+
+    clients: ClientSelector
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _clients_are_names(cls, clients: object) -> object:
+        return _selector_input(clients)
+
+    @model_validator(mode="after")
+    def _selected(self) -> "_ClientRule":
+        _check_selector(self.clients)
+        return self
+
+
+@dataclass(config=STRICT)
+class DropoutSpec(_ClientRule):
+    """One dropout rule: scripted (``at_round``/``at_step``, back at ``rejoin_round`` or never) or
+    random (``probability`` per round, each client drawn on its own, back the next round)."""
+
+    at_round: Optional[int] = Field(default=None, ge=1, le=1_000_000, strict=True)
+    at_step: int = Field(default=0, ge=0, le=1_000_000_000, strict=True)
+    """The first step of ``at_round`` the clients miss (they take part in the steps before it)."""
+    rejoin_round: Optional[int] = Field(default=None, ge=2, le=1_000_000, strict=True)
+    """The round the clients take part in again from its first step; unset: never."""
+    probability: Optional[float] = Field(default=None, ge=0, le=1, strict=True)
+
+    @model_validator(mode="after")
+    def _scripted_or_random(self) -> "DropoutSpec":
+        if (self.at_round is None) == (self.probability is None):
+            raise ValueError("give at_round (a scripted dropout) or probability (a dropout drawn every round), "
+                             f"not {'both' if self.at_round is not None else 'neither'}")
+        if self.probability is not None:
+            if self.at_step:
+                raise ValueError("@at_step a random dropout misses whole rounds (expected at_step only with at_round)")
+            if self.rejoin_round is not None:
+                raise ValueError("@rejoin_round a random dropout is back the next round "
+                                 "(expected rejoin_round only with at_round)")
+        elif self.rejoin_round is not None and self.at_round is not None and self.rejoin_round <= self.at_round:
+            raise ValueError(f"@rejoin_round rejoin round {self.rejoin_round} is not after the dropout's round "
+                             f"{self.at_round} (expected > {self.at_round}, or leave it out: never back)")
+        return self
+
+
+@dataclass(config=STRICT)
+class StragglerSpec(_ClientRule):
+    """Slowdown factors (>= 1): ``compute`` multiplies a client's compute time, ``link`` divides
+    its access link's bandwidth both ways. Rules naming the same client multiply."""
+
+    compute: float = Field(default=1.0, ge=1, le=MAX_SLOWDOWN, strict=True)
+    link: float = Field(default=1.0, ge=1, le=MAX_SLOWDOWN, strict=True)
+
+
+@dataclass(config=STRICT)
+class LossyLinkSpec(_ClientRule):
+    """A client's access link loses each copy of a message with ``loss_rate``; every lost copy is
+    sent again (priced as retransmissions). Rules naming the same client lose independently."""
+
+    loss_rate: float = Field(ge=0, lt=1, strict=True)
+
+
+@dataclass(config=STRICT)
+class FaultsSpec:
+    """``faults:``: dropouts, stragglers, lossy links and a round deadline, seeded (docs/faults.md)."""
+
+    seed: Optional[int] = Field(default=None, ge=0, le=SEED_MAX, strict=True)
+    """Seed of the random dropouts and retransmissions; unset: the scenario's seed."""
+    policy: Literal["fail", "continue"] = "fail"
+    """What a dead or silent peer does to a run over http: end it (``fail``) or be dropped after
+    ``peer_deadline_s`` while the run goes on with the rest (``continue``)."""
+    peer_deadline_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS, strict=True)
+    """Wall seconds the server waits for one peer's message before dropping it (``continue``)."""
+    round_deadline_s: Optional[float] = Field(default=None, gt=0, le=MAX_VIRTUAL_SECONDS, strict=True)
+    """Virtual seconds: a client whose own round would end later misses that round's federation
+    (it stops at the step the deadline falls in)."""
+    dropout: list[DropoutSpec] = Field(default_factory=list)
+    stragglers: list[StragglerSpec] = Field(default_factory=list)
+    lossy_links: list[LossyLinkSpec] = Field(default_factory=list)
+
+    def rules(self) -> tuple[tuple[str, int, ClientSelector], ...]:
+        """``(section, index, clients)`` of every rule, for messages naming ``faults.<section>[i]``."""
+        return tuple((section, i, rule.clients) for section in ("dropout", "stragglers", "lossy_links")
+                     for i, rule in enumerate(getattr(self, section)))
+
+
+def selected_clients(clients: ClientSelector, domain_clients: Mapping[str, Sequence[str]]) -> tuple[str, ...] | str:
+    """The client ids ``clients`` names given each domain's client ids (in client order), or the
+    first name that is neither ``"*"``, a domain nor a client id (as a ``str``)."""
+    every = [cid for ids in domain_clients.values() for cid in ids]
+    known = set(every)
+    chosen: set[str] = set()
+    for name in _selector_names(clients):
+        if name == "*":
+            chosen.update(every)
+        elif name in domain_clients:
+            chosen.update(domain_clients[name])
+        elif name in known:
+            chosen.add(name)
+        else:
+            return name
+    return tuple(cid for cid in every if cid in chosen)
+
+
 @dataclass(config=STRICT)
 class OutputSpec:
     dir: Optional[Path] = None
     """Results folder; default ``runs/<name>`` next to the scenario's project."""
     grid_samples_per_class: int = Field(default=4, ge=1, le=16, strict=True)
+
+
+@dataclass(config=STRICT)
+class LoggingSpec:
+    """``logging:``: optional outputs a run writes beside its results (docs/api.md)."""
+
+    tensorboard: bool = False
+    """Per-step losses, per-round scores, clusters and simulated latency as TensorBoard scalars."""
+    dir: Optional[Path] = None
+    """The run's TensorBoard folder; default ``<results>/tensorboard``; relative: to the scenario file."""
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _extra_installed(cls, tensorboard: bool) -> bool:
+        if tensorboard and find_spec("tensorboard") is None:
+            raise ValueError("needs the optional extra: pip install -e '.[tensorboard]'")
+        return tensorboard
 
 
 @dataclass(config=STRICT)
@@ -224,7 +378,9 @@ class Scenario:
     output: OutputSpec = Field(default_factory=OutputSpec)
     privacy: PrivacyOptions = Field(default_factory=PrivacyOptions)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    faults: FaultsSpec = Field(default_factory=FaultsSpec)
     """The leakage audit (p2pgan privacy); ``enabled`` runs it after training on the trained weights."""
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
     source: Optional[Path] = None
     """The scenario file (set by the loader, not read from YAML)."""
 
@@ -292,6 +448,50 @@ class Scenario:
         return self
 
     @model_validator(mode="after")
+    def _faults_fit_the_run(self) -> "Scenario":
+        # What the file alone settles; a step beyond a round's real length is refused at prepare
+        # (steps per round depend on the partition sizes, i.e. on the data).
+        domain_clients = self.domain_clients
+        ids = [cid for group in domain_clients.values() for cid in group]
+        for section, i, clients in self.faults.rules():
+            unknown = selected_clients(clients, domain_clients)
+            if isinstance(unknown, str):
+                raise ValueError(f"@faults.{section}[{i}].clients unknown client or domain {unknown!r} (expected \"*\", "
+                                 f"a domain ({', '.join(domain_clients)}) or a client id {ids[0]}..{ids[-1]})")
+        rounds = self.training.rounds
+        most_steps = (self.training.local_epochs * self.training.max_batches_per_epoch
+                      if self.training.max_batches_per_epoch is not None else None)
+        for i, rule in enumerate(self.faults.dropout):
+            if rule.at_round is not None and rule.at_round > rounds:
+                raise ValueError(f"@faults.dropout[{i}].at_round round {rule.at_round} but the run has {rounds} "
+                                 f"round{'s' if rounds > 1 else ''} (expected 1..{rounds})")
+            if rule.rejoin_round is not None and rule.rejoin_round > rounds:
+                raise ValueError(f"@faults.dropout[{i}].rejoin_round round {rule.rejoin_round} but the run has "
+                                 f"{rounds} rounds (expected <= {rounds}, or leave it out: never back)")
+            if most_steps is not None and rule.at_step >= most_steps:
+                raise ValueError(f"@faults.dropout[{i}].at_step step {rule.at_step} but a round has at most "
+                                 f"{most_steps} steps (local_epochs x max_batches_per_epoch; expected "
+                                 f"0..{most_steps - 1})")
+        return self
+
+    @model_validator(mode="after")
+    def _faults_need_the_node_engine(self) -> "Scenario":
+        # Who takes part when, and dropped peers, are executed by the node engine only: the cohort
+        # engine batches every client in every step, and Ray's actors run their own loop.
+        engine = self.execution.engine
+        if engine in ("cohort", "ray") and self.faults != FaultsSpec():
+            raise ValueError(f"@faults execution.engine {engine} runs every client in every step, so it cannot "
+                             "take faults (expected execution.engine: nodes, or no faults section)")
+        if (self.faults.policy == "continue" and self.transport.kind == "http"
+                and self.faults.peer_deadline_s >= self.transport.timeout_s):
+            # The live clients wait for the server at most timeout_s: a longer wait for a dead
+            # peer would time them out too.
+            raise ValueError(f"@faults.peer_deadline_s must be below transport.timeout_s "
+                             f"({self.transport.timeout_s:g} s) under policy continue "
+                             f"(got {self.faults.peer_deadline_s:g} s)")
+        return self
+
+    @model_validator(mode="after")
     def _cohort_runs_in_one_process(self) -> "Scenario":
         if self.execution.engine == "cohort" and (self.transport.kind != "memory" or self.transport.processes):
             used = "transport.processes" if self.transport.processes else f"transport.kind {self.transport.kind}"
@@ -320,6 +520,16 @@ class Scenario:
     def client_counts(self) -> dict[str, int]:
         """Domain -> number of clients, for every domain (built-in or a user dataset)."""
         return client_counts(self.domains)
+
+    @property
+    def domain_clients(self) -> dict[str, tuple[str, ...]]:
+        """Domain -> its client ids (``c000``... are given domain by domain, in file order)."""
+        out, next_id = {}, 0
+        for domain, count in self.client_counts.items():
+            if count:
+                out[domain] = tuple(client_id(next_id + k) for k in range(count))
+                next_id += count
+        return out
 
     @property
     def datasets(self) -> dict[str, UserDomain]:

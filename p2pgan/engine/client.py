@@ -9,12 +9,14 @@ import torch
 from p2pgan.bus import EventBus
 from p2pgan.errors import P2PGanError
 from p2pgan.engine.loops import RoundCheckpoint, run_client
+from p2pgan.engine.federate import load_aggregate
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.state import (NodeState, blocks_state, generator_state, load_blocks, load_generator,
                                  load_optimizers, optimizers_state)
 from p2pgan.ids import SERVER_ID
 from p2pgan.model.blocks import NETWORKS, build_initial_blocks
 from p2pgan.model.segments import Segment
+from p2pgan.plan.faults import FaultPlan
 from p2pgan.plan.nodedata import LocalData
 from p2pgan.plan.program import BWD, FWD, Exchange, Local, LocalAction, Program, RoundTrip, network_split
 from p2pgan.plan.run import ClientPlan, Schedule
@@ -22,7 +24,7 @@ from p2pgan.plan.setup import NodeSetup, node_seed
 from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.protocol.events import ClientLosses
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
-from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
+from p2pgan.protocol.params import flatten_blocks, float_state
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
@@ -80,8 +82,10 @@ class ClientNode:
     """Executes the program's client side, talking only through its endpoint."""
 
     def __init__(self, setup: NodeSetup, plan: ClientPlan, schedule: Schedule, data: LocalData,
-                 endpoint: Endpoint, bus: EventBus, program: Program) -> None:
+                 endpoint: Endpoint, bus: EventBus, program: Program, faults: FaultPlan | None = None) -> None:
         self.node_id = plan.client_id
+        self.faults = faults
+        """Who takes part when (``None``: always); the loop skips what this client sits out."""
         self.plan = plan
         self._setup = setup
         self._schedule = schedule
@@ -99,7 +103,7 @@ class ClientNode:
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
 
     async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
-        await run_client(self, self._schedule, self._bus, first_round, checkpoint)
+        await run_client(self, self._schedule, self._bus, first_round, checkpoint, self.faults)
 
     def state_dict(self) -> NodeState:
         """Blocks, Adam state, the random stream and the sampler's position, at a round end."""
@@ -138,10 +142,13 @@ class ClientNode:
         meta: dict[str, str | int | float] = {"num_examples": len(self._data), **losses}
         await self._port.send(self._port.message(MessageKind.PARAMS, SERVER_ID, Phase.FEDERATE,
                                                  flatten_blocks(states), meta))
-        reply = await self._port.receive(MessageKind.AGGREGATE, SERVER_ID, Phase.FEDERATE)
-        for name, state in unflatten_blocks(reply.tensors).items():
-            self.blocks[name].load_state_dict(state, strict=False)
-        self._port.forget_received()
+        await load_aggregate(self._port, self.blocks)
+
+    async def rejoin(self, round_: int) -> None:
+        """Back next round after missing this round's federation: load the cluster's weights the
+        server sends (round ``round_``'s AGGREGATE), sending nothing."""
+        self._port.at(round_, ROUND_LEVEL_STEP)
+        await load_aggregate(self._port, self.blocks)
 
     # -- the program's steps ------------------------------------------------------------------
 

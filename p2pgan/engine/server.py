@@ -1,4 +1,9 @@
-"""The server: one shared copy of every offloaded block, run batched over all clients."""
+"""The server: one shared copy of every offloaded block, run batched over the clients present.
+
+With ``faults:`` each iteration exchanges only with the clients the plan has present there (the
+batched middle runs over them, in client-id order), and under ``faults.policy: continue`` a peer
+that is dead or silent past ``faults.peer_deadline_s`` is dropped for the rest of the run
+(:mod:`p2pgan.engine.participation`) while the iteration goes on with the others."""
 
 from __future__ import annotations
 
@@ -10,12 +15,15 @@ from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 
 from p2pgan.ids import SERVER_ID
 from p2pgan.engine.loops import RoundCheckpoint, run_server
+from p2pgan.engine.participation import Participation
 from p2pgan.engine.state import NodeState, blocks_state, copy, load_blocks, load_optimizers, optimizers_state
 from p2pgan.plan.run import ClientPlan, RunPlan, feature_block
 from p2pgan.engine.port import NodePort
+from p2pgan.plan.faults import FaultPlan
 from p2pgan.plan.setup import NodeSetup
 from p2pgan.bus import EventBus
 from p2pgan.protocol.events import RoundAggregated
+from p2pgan.protocol.messages import Message
 from p2pgan.protocol.federation import Aggregator, FederationResult
 
 from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef, build_initial_blocks
@@ -39,7 +47,7 @@ class ServerNode:
     """Runs every middle block once per phase over the concatenation of its clients' batches."""
 
     def __init__(self, setup: NodeSetup, plan: RunPlan, strategy: Aggregator, num_domains: int,
-                 endpoint: Endpoint, bus: EventBus, program: Program) -> None:
+                 endpoint: Endpoint, bus: EventBus, program: Program, faults: FaultPlan | None = None) -> None:
         self.node_id = SERVER_ID
         self._setup = setup
         self._plan = plan
@@ -54,28 +62,38 @@ class ServerNode:
         self._clients = {net.name: plan.clients_through(net) for net in NETWORKS}
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
-        self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
+        schedule = plan.schedule
+        if faults is None:
+            faults = FaultPlan.none(plan.client_ids, schedule.rounds, schedule.steps_per_round)
+        self.participation = Participation(faults, bus)
+        self._port = NodePort(self.node_id, endpoint, bus, setup.costs,
+                              faults.peer_deadline_s if self.participation.continues else None)
 
     async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
         await run_server(self, self._plan.schedule, self._bus, first_round, checkpoint)
 
     def state_dict(self) -> NodeState:
-        """Blocks, Adam state and the clustering features kept from the last D pass."""
+        """Blocks, Adam state, the clustering features kept from the last D pass, and (with
+        faults) the dropped peers and the clusters clients were last aggregated in."""
         features = {f"features/{cid}": copy(t) for cid, t in self._features.items()}
-        return NodeState(self.node_id, {**blocks_state(self.blocks), **optimizers_state(self._optimizers), **features})
+        return NodeState(self.node_id, {**blocks_state(self.blocks), **optimizers_state(self._optimizers), **features,
+                                        **self.participation.state()})
 
     def load_state_dict(self, state: NodeState) -> None:
         load_blocks(state, self.blocks)
         load_optimizers(state, self._optimizers)
         self._features = {cid: t.clone() for cid, t in state.under("features").items()}
+        self.participation.load_state(state)
 
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)
+        self.participation.enter(round_, step)
         graphs: dict[Phase, _PhaseGraph] = {}
         for action in self._program.iteration:
             if isinstance(action, Exchange):
                 for trip in action.trips:
-                    clients = self._clients[trip.network.name]
+                    here = self.participation.now  # re-read: a peer may have been dropped meanwhile
+                    clients = tuple(c for c in self._clients[trip.network.name] if c.client_id in here)
                     if trip.direction == FWD:
                         graphs[trip.phase] = await self._forward(trip, clients)
                     else:
@@ -88,7 +106,9 @@ class ServerNode:
     async def federate(self, round_: int) -> FederationResult:
         self._port.at(round_, ROUND_LEVEL_STEP)
         result, losses = await federate_round(self._port, self._plan, round_, self.blocks, self._strategy,
-                                              self._features, self._num_domains)
+                                              self._features, self._num_domains, self.participation,
+                                              {c.client_id: self._program.client_blocks(c.split)
+                                               for c in self._plan.clients})
         self._bus.publish(RoundAggregated(round_, result, losses))
         return result
 
@@ -97,11 +117,13 @@ class ServerNode:
     async def _forward(self, trip: RoundTrip, clients: tuple[ClientPlan, ...]) -> _PhaseGraph:
         net, phase = trip.network, trip.phase
         graph = _PhaseGraph()
+        received = await self._port.receive_each(MessageKind.ACTIVATION, [c.client_id for c in clients], phase,
+                                                 self._lost)
+        clients = tuple(c for c in clients if c.client_id in received)
         if not clients:
             return graph
         for client in clients:
-            msg = await self._port.receive(MessageKind.ACTIVATION, client.client_id, phase)
-            graph.leaves[client.client_id] = msg.tensors["act"].requires_grad_(True)
+            graph.leaves[client.client_id] = received[client.client_id].tensors["act"].requires_grad_(True)
         self._port.state("computing")
         middle = run_middle(self.blocks, net.block_names, {c.client_id: self._server_part(c, net) for c in clients},
                             graph.leaves, self._feature_block if trip.features else None)
@@ -110,20 +132,25 @@ class ServerNode:
         graph.samples_per_block.update(middle.samples_per_block)
         self._port.computed(tuple(graph.samples_per_block), phase, FWD,
                             sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))
+        replies: list[Message] = []
         for client in clients:
             graph.outputs[client.client_id] = flowing[client.client_id]
-            await self._port.send(self._port.message(MessageKind.ACTIVATION, client.client_id, phase,
-                                                     {"act": flowing[client.client_id].detach()}))
+            replies.append(self._port.message(MessageKind.ACTIVATION, client.client_id, phase,
+                                              {"act": flowing[client.client_id].detach()}))
+        await self._port.send_each(replies, self._lost)
         return graph
 
     async def _backward(self, trip: RoundTrip, clients: tuple[ClientPlan, ...], graphs: dict[str, _PhaseGraph]) -> None:
         """Once every participant's output gradient is in, back-propagate the batched graphs."""
         phase = trip.phase
+        received = await self._port.receive_each(MessageKind.GRADIENT, [c.client_id for c in clients], phase,
+                                                 self._lost)
+        clients = tuple(c for c in clients if c.client_id in received)
         if not clients:
             return
         outputs, grads = [], []
         for client in clients:
-            msg = await self._port.receive(MessageKind.GRADIENT, client.client_id, phase)
+            msg = received[client.client_id]
             for name, graph in graphs.items():
                 outputs.append(graph.outputs[client.client_id])
                 grads.append(msg.tensors[name])
@@ -135,9 +162,14 @@ class ServerNode:
                 samples[name] = samples.get(name, 0) + count
         batch = sum(x.shape[0] for g in graphs.values() for x in g.leaves.values())
         self._port.computed(tuple(samples), phase, BWD, batch, self._flops(samples, BWD))
-        for client in clients:
-            tensors = {name: graph.leaves[client.client_id].grad for name, graph in graphs.items()}
-            await self._port.send(self._port.message(MessageKind.GRADIENT, client.client_id, phase, tensors))
+        replies = [self._port.message(MessageKind.GRADIENT, client.client_id, phase,
+                                      {name: graph.leaves[client.client_id].grad for name, graph in graphs.items()})
+                   for client in clients]
+        await self._port.send_each(replies, self._lost)
+
+    def _lost(self, peer: str, problem: str) -> None:
+        """A peer dead or silent past its deadline (``faults.policy: continue``): gone from here on."""
+        self.participation.drop(peer, self._port.round, self._port.step, problem)
 
     @staticmethod
     def _server_part(client: ClientPlan, net: NetworkDef) -> tuple[str, ...]:

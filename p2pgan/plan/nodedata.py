@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from p2pgan.config.schema import Scenario
+from p2pgan.plan.faults import FaultPlan
 from p2pgan.plan.setup import NodeSetup
 from p2pgan.ids import SERVER_ID
 from p2pgan.plan.run import RunPlan
@@ -43,6 +44,15 @@ class PreparedRun:
     setup: NodeSetup
     records: tuple[ClientRecord, ...]
     client_data: dict[str, LocalData]
+    faults: FaultPlan | None = None
+    """Who takes part when, slowdowns and losses (``faults:``); after construction always a plan
+    (:meth:`FaultPlan.none` where the run has no faults)."""
+
+    def __post_init__(self) -> None:
+        if self.faults is None:
+            schedule = self.plan.schedule
+            object.__setattr__(self, "faults", FaultPlan.none(self.plan.client_ids, schedule.rounds,
+                                                              schedule.steps_per_round))
 
     @property
     def domains(self) -> tuple[str, ...]:

@@ -9,6 +9,11 @@ prices every operation and the results folder holds
 
 Those three files hold simulated quantities only, so two runs with the same seed write identical
 files; the wall time (which varies) goes to the summary, beside the simulated time.
+
+With ``faults:`` the price is of what happened: absent clients are absent from the trace,
+stragglers and lossy links slow what they touch (:func:`~p2pgan.sim.engine.simulate` takes the
+fault plan), and ``latency.json`` gains a ``faults`` section (the faults in force and who took
+part in each round, peers dropped under ``policy: continue`` included).
 """
 
 from __future__ import annotations
@@ -21,14 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from p2pgan.ids import SERVER_ID
-from p2pgan.protocol.events import RoundAggregated
-from p2pgan.protocol.events import ComputeEvent, TransferEvent
+from p2pgan.protocol.events import ComputeEvent, ParticipationChanged, RoundAggregated, TransferEvent
 from p2pgan.protocol.messages import MessageKey, MessageKind, Phase
 from p2pgan.bus import EventBus
 from p2pgan.sim.analytic import analytic_iteration_seconds
 from p2pgan.sim.engine import SimReport, simulate
 from p2pgan.topology.profiles import Topology, default_topology_path, load_topology
+from p2pgan.plan.faults import FaultPlan
 from p2pgan.plan.program import Broadcast, Program
+from p2pgan.sim.faults import RoundEstimates
 from p2pgan.sim.trace import OperationTracer, trace_from_program
 
 
@@ -54,12 +60,33 @@ class _WallClock:
         return max(self.iteration_end.values()) / len(self.iteration_end)
 
 
+class _Participation:
+    """The fault plan as the run lived it: the prepared plan, plus every peer a node dropped
+    (a ``ParticipationChanged`` whose ``present`` lacks a client the plan had there)."""
+
+    def __init__(self, faults: FaultPlan) -> None:
+        self.faults = faults
+        self._prepared = len(faults.absences)
+
+    def dropped_peers(self) -> list[list[Any]]:
+        """``[client, round, step]`` of every peer dropped since the run was prepared (for checkpoints)."""
+        return [[a.client, a.from_round, a.from_step] for a in self.faults.absences[self._prepared:]]
+
+    def __call__(self, event: object) -> None:
+        # Iteration steps only: at a round's end (step -1) the late are absent by plan, not dropped.
+        if isinstance(event, ParticipationChanged) and 0 <= event.step < self.faults.steps_per_round:
+            shown = set(event.present)
+            for cid in sorted(self.faults.present(event.round, event.step) - shown):
+                self.faults = self.faults.with_dropped(cid, event.round, event.step, "peer")
+
+
 class _PlannedTrace:
     """Stands in for the tracer where other nodes run elsewhere: the plan's operations per round."""
 
-    def __init__(self, prepared, program: Program) -> None:
+    def __init__(self, prepared, program: Program, participation: _Participation) -> None:
         self._prepared = prepared
         self._program = program
+        self._participation = participation
         self._rounds = 0
 
     def __call__(self, event: object) -> None:
@@ -75,9 +102,10 @@ class _PlannedTrace:
         plan = self._prepared.plan
         splits = {c.client_id: c.split for c in plan.clients}
         batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
+        faults = self._participation.faults
         return trace_from_program(self._program, splits, self._prepared.setup.costs, batches,
                                   plan.schedule.steps_per_round, include_aggregation=True, rounds=self._rounds,
-                                  server_batch=plan.schedule.batch_size)
+                                  server_batch=plan.schedule.batch_size, faults=faults if faults.active else None)
 
 
 class _EventJournal:
@@ -122,8 +150,10 @@ def _message_id(kind: str, src: str, dst: str, round_: int, step: int, phase: st
         return None
 
 
-def write_latency(directory: Path, report: SimReport, topology: Topology, assignment: Mapping[str, str]) -> None:
-    """The deterministic latency files of a results folder."""
+def write_latency(directory: Path, report: SimReport, topology: Topology, assignment: Mapping[str, str],
+                  faults: FaultPlan | None = None) -> None:
+    """The deterministic latency files of a results folder (``faults``: the plan as lived, whose
+    faults and participation go into ``latency.json`` when it has any)."""
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
         "topology": topology.name,
@@ -131,6 +161,8 @@ def write_latency(directory: Path, report: SimReport, topology: Topology, assign
         "profiles": dict(sorted(assignment.items())),
         **report.to_json(),
     }
+    if faults is not None and faults.active:
+        payload["faults"] = fault_section(faults, sorted(report.round_seconds))
     (directory / "latency.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     with (directory / "latency_iterations.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -148,6 +180,17 @@ def write_latency(directory: Path, report: SimReport, topology: Topology, assign
         for node in nodes:
             writer.writerow([node, assignment.get(node, ""), repr(report.node_busy_s.get(node, 0.0)),
                              report.bytes_sent.get(node, 0), report.bytes_received.get(node, 0)])
+
+
+def fault_section(faults: FaultPlan, rounds: Sequence[int]) -> dict[str, Any]:
+    """What ``latency.json`` says about faults: those in force and each priced round's participants."""
+    return {
+        "policy": faults.policy,
+        "seed": faults.seed,
+        "round_deadline_s": faults.round_deadline_s,
+        "in_force": faults.describe(),
+        "rounds": [{"round": r, **faults.participation(r)} for r in rounds],
+    }
 
 
 def scenario_topology(prepared) -> Topology | None:
@@ -180,7 +223,9 @@ class LatencyExtension:
         self._directory = Path(directory)
         self._topology = topology
         self._assignment = topology.assign_profiles(list(prepared.plan.client_ids))
-        self._tracer = OperationTracer() if sees_all_nodes else _PlannedTrace(prepared, program)
+        self._participation = _Participation(prepared.faults)
+        bus.subscribe(self._participation)
+        self._tracer = OperationTracer() if sees_all_nodes else _PlannedTrace(prepared, program, self._participation)
         self._journal = _EventJournal() if checkpointed and sees_all_nodes else None
         self._clock = _WallClock()
         bus.subscribe(self._tracer)
@@ -190,20 +235,46 @@ class LatencyExtension:
         plan = prepared.plan
         splits = {c.client_id: c.split for c in plan.clients}
         batches = {c.client_id: plan.schedule.batch_size for c in plan.clients}
-        self._per_round = plan.schedule.steps_per_round * _iteration_estimate(
-            program, splits, prepared.setup.costs, batches, topology, self._assignment, plan.schedule.batch_size)
+        self._per_round = 0.0
+        self._estimates: RoundEstimates | None = None
+        if prepared.faults.active:
+            self._estimates = RoundEstimates(program, splits, prepared.setup.costs, batches, topology,
+                                             self._assignment, prepared.faults, plan.schedule.batch_size)
+        else:
+            self._per_round = plan.schedule.steps_per_round * _iteration_estimate(
+                program, splits, prepared.setup.costs, batches, topology, self._assignment, plan.schedule.batch_size)
+        self._round_totals: list[float] = [0.0]
         self._started = time.perf_counter()
 
+    def simulated_s(self, round_: int) -> float:
+        """The running estimate after ``round_`` rounds: the analytic iteration times the steps
+        so far, or with faults each round's iterations priced with the clients present."""
+        if self._estimates is None:
+            return self._per_round * round_
+        while len(self._round_totals) <= round_:
+            done = len(self._round_totals)
+            self._round_totals.append(self._round_totals[-1]
+                                      + self._estimates.round_seconds(done, self._participation.faults))
+        return self._round_totals[round_]
+
     def round_section(self, event: RoundAggregated) -> dict[str, Any]:
-        return {"simulated_s": self._per_round * event.round, "wall_s": time.perf_counter() - self._started}
+        return {"simulated_s": self.simulated_s(event.round), "wall_s": time.perf_counter() - self._started}
 
     def checkpoint_round(self, round_: int) -> tuple[dict[str, Any], list[Any] | None]:
-        """Nothing but the round's traced operations (journalled); a planned trace only counts rounds."""
+        """Nothing but the round's traced operations (journalled); a planned trace only counts
+        rounds. Peers dropped during the run (not in the prepared plan) are kept too."""
+        state: dict[str, Any] = {"rounds": round_}
+        dropped = self._participation.dropped_peers()
+        if dropped:
+            state["dropped_peers"] = dropped
         if self._journal is None:
-            return {"rounds": round_}, None
-        return {"rounds": round_}, self._journal.take(round_)
+            return state, None
+        return state, self._journal.take(round_)
 
     def restore(self, state: Mapping[str, Any], journal: Sequence[Sequence[Any]]) -> None:
+        for client, round_, step in state.get("dropped_peers", []):
+            self._participation.faults = self._participation.faults.with_dropped(str(client), int(round_), int(step),
+                                                                                 "peer")
         if isinstance(self._tracer, _PlannedTrace):
             self._tracer.resume_after(int(state["rounds"]))
             return
@@ -215,8 +286,9 @@ class LatencyExtension:
         ops = self._tracer.operations()
         if not ops:
             return {}
-        report = simulate(ops, self._topology, self._assignment)
-        write_latency(self._directory, report, self._topology, self._assignment)
+        faults = self._participation.faults
+        report = simulate(ops, self._topology, self._assignment, faults if faults.active else None)
+        write_latency(self._directory, report, self._topology, self._assignment, faults)
         return {"latency": {
             "topology": self._topology.name,
             "sim_s_per_iteration": report.mean_iteration_seconds,

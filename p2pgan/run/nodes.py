@@ -8,9 +8,11 @@ from collections.abc import Mapping, Sequence
 from p2pgan.bus import EventBus
 from p2pgan.engine.loops import RoundCheckpoint
 from p2pgan.engine.state import NodeState
+from p2pgan.errors import PeerError
 from p2pgan.ids import SERVER_ID
 from p2pgan.plan.nodedata import PreparedRun
 from p2pgan.protocol.endpoint import Transport
+from p2pgan.protocol.events import LogEvent
 from p2pgan.strategies.base import Strategy
 from p2pgan.strategies.catalogue import strategy_for
 from transports.catalogue import create_transport
@@ -46,9 +48,18 @@ async def run_nodes(prepared: PreparedRun, transport: Transport, bus: EventBus,
                 node.load_state_dict(states[node.node_id])
         tasks = [asyncio.create_task(node.run(first_round, checkpoint), name=node.node_id) for node in nodes]
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [t for t in done if t.exception() is not None]
-            if failed:
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [t for t in done if t.exception() is not None]
+                if not failed:
+                    continue
+                if all(_dropped_peer(prepared, t) for t in failed) and any(t.get_name() == SERVER_ID for t in pending):
+                    # faults.policy continue: a client that lost the server's attention (it was
+                    # dropped as silent) ends alone; the server goes on without it.
+                    for task in failed:
+                        bus.publish(LogEvent(f"node {task.get_name()} stopped: {task.exception()}", "warning"))
+                    continue
                 error = failed[0].exception()
                 transport.fail_all(error)
                 for task in pending:
@@ -62,3 +73,9 @@ async def run_nodes(prepared: PreparedRun, transport: Transport, bus: EventBus,
             raise
     finally:
         await transport.close()
+
+
+def _dropped_peer(prepared: PreparedRun, task: asyncio.Task) -> bool:
+    """A client's task failed with a peer error under ``faults.policy: continue``."""
+    return (prepared.faults.policy == "continue" and task.get_name() != SERVER_ID
+            and isinstance(task.exception(), PeerError))

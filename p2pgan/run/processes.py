@@ -18,7 +18,10 @@ reports events on its stdout; its stderr goes to ``<results>/nodes/<id>.log``) a
    (``resume=``) tells every child the round to continue after; each loads its own state;
 6. on a child crash, a child reporting a failure, Ctrl-C or SIGTERM: tells every other child to abort
    (the server then flushes the results folder with the reason), waits a grace period, then
-   terminates and finally kills whatever is left, and reports one line naming the node.
+   terminates and finally kills whatever is left, and reports one line naming the node. Under
+   ``faults.policy: continue`` a *client* process that dies or fails does not end the run: the
+   server drops that peer after its deadline, and the coordinator stops waiting for its step
+   lines and checkpoint files (a checkpoint completes without a client that is gone).
 
 Children run in their own session, so a terminal Ctrl-C reaches only the coordinator, and a child
 whose coordinator disappears (its stdin closes, or it is re-parented) aborts on its own.
@@ -132,6 +135,10 @@ class Coordinator:
         # completes a round is ours, once every node (and so every step line) has reached it.
         self.markers = CheckpointMarkers(self.results_dir, self.node_ids, prepared.plan.schedule.rounds,
                                          "processes")
+        self._continues = prepared.faults.policy == "continue"
+        self._gone: set[str] = set()
+        """Client processes that died or failed under ``faults.policy: continue``."""
+        self._checkpointed: set[int] = set()
 
     # -- main flow ----------------------------------------------------------------------------
 
@@ -301,7 +308,9 @@ class Coordinator:
             child.finished = event
             if event.get("status") != "completed":
                 peer = event.get("peer") or child.node_id
-                self._fail(str(peer), str(event.get("problem") or event.get("detail") or "failed"))
+                problem = str(event.get("problem") or event.get("detail") or "failed")
+                if not self._lose(child, f"it {event.get('status')}: peer {peer}: {problem}"):
+                    self._fail(str(peer), problem)
         if self._changed is not None:
             self._changed.set()
 
@@ -318,10 +327,25 @@ class Coordinator:
         else:
             how = f"exited with code {code}"
         where = f"; log: {child.log_path}"
+        if self._lose(child, f"node process {how}{where}"):
+            return
         if finished is None:
             self._fail(child.node_id, f"node process {how} before finishing{where}")
         else:
             self._fail(child.node_id, f"node process {how}{where}")
+
+    def _lose(self, child: _Child, why: str) -> bool:
+        """Under ``faults.policy: continue`` a client's process ending early is not the run's end:
+        it is gone (the server drops it as a dead peer). True when so."""
+        if not self._continues or child.node_id == SERVER_ID or self._failure is not None:
+            return False
+        if child.node_id not in self._gone:
+            self._gone.add(child.node_id)
+            self._print(f"client {child.node_id} gone ({why}); the run goes on without it (faults.policy: continue)")
+            for round_ in sorted(self._checkpointed - set(self.markers.complete)):
+                self.markers.report(round_, [child.node_id], {})
+            self._flush_steps()
+        return True
 
     def _fail(self, peer: str | None, problem: str, status: str = "failed") -> None:
         """Record the first failure and tell every running child to abort."""
@@ -358,7 +382,8 @@ class Coordinator:
         if not isinstance(round_, int) or not isinstance(files, dict):
             return
         self._flush_steps()
-        self.markers.report(round_, [child.node_id], {str(k): str(v) for k, v in files.items()})
+        self._checkpointed.add(round_)
+        self.markers.report(round_, [child.node_id, *sorted(self._gone)], {str(k): str(v) for k, v in files.items()})
 
     def _add_step(self, record: dict[str, Any]) -> None:
         try:
@@ -370,11 +395,11 @@ class Coordinator:
         self._flush_steps()
 
     def _flush_steps(self, everything: bool = False) -> None:
-        """Write each step's losses once every client reported it, in client-id order."""
-        clients = len(self.node_ids) - 1
+        """Write each step's losses once every client taking part reported it, in client-id order."""
+        faults = self.prepared.faults
         for key in sorted(self._pending_steps):
             records = self._pending_steps[key]
-            if len(records) < clients and not everything:
+            if not everything and not (faults.present(*key) - self._gone) <= set(records):
                 continue
             if self._steps_file is None:
                 self._steps_file = (self.results_dir / "steps.jsonl").open("a", encoding="utf-8")
@@ -758,17 +783,11 @@ class _StepsWriter:
 
 def load_peer_table(path: Path, node_ids: Sequence[str]) -> dict[str, str]:
     """``{node: "http://host:port"}`` from a YAML/JSON file listing every node of the run."""
-    import yaml
-
+    from p2pgan.config.yamlfile import parse_yaml, read_text_file
     from transports.http import parse_url
 
     source = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read peer table ({exc.strerror or exc})") from None
-    except yaml.YAMLError:
-        raise ConfigError(source, "", "malformed YAML") from None
+    raw = parse_yaml(read_text_file(Path(path), "peer table"), source)  # strict: UTF-8, no repeated node
     if isinstance(raw, dict) and set(raw) == {"peers"}:
         raw = raw["peers"]
     if not isinstance(raw, dict):

@@ -1,7 +1,9 @@
 """The results folder: everything a run produced, written as it happens.
 
 Every line of ``rounds.jsonl`` and ``steps.jsonl`` is flushed as soon as it exists, so an
-interrupted or failed run keeps all it had done.
+interrupted or failed run keeps all it had done. With ``faults:`` each round's line also says who
+took part (``participants``: the fault plan as lived, peers dropped under ``policy: continue``
+included, learnt from the server's ``ParticipationChanged`` events).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from p2pgan.config.schema import Scenario
 from p2pgan.config.yamlfile import load_yaml_mapping
 from p2pgan.data import load_domain
 from p2pgan.errors import P2PGanError
-from p2pgan.protocol.events import ClientLosses
+from p2pgan.engine.participation import ParticipationView
+from p2pgan.protocol.events import ClientLosses, ParticipationChanged
 from p2pgan.plan.nodedata import PreparedRun, client_domains, speaking_clusters
 from p2pgan.protocol.events import RoundClosed
 from p2pgan.protocol.events import LogEvent, RunFinished
@@ -91,6 +94,7 @@ class ResultsWriter:
         self._domain_of = {r.client_id: r.domain for r in prepared.records}
         self._domains_of = client_domains(prepared.records)
         self.extra_summary: dict[str, Any] = {}
+        self._participation = ParticipationView(prepared.faults)
         # The folder is the run's own: the command edge claimed it (refused if non-empty, cleared
         # with --force), so nothing of another run is left to mix with this one's files.
         directory.mkdir(parents=True, exist_ok=True)
@@ -111,6 +115,8 @@ class ResultsWriter:
             self._append(self._steps, jsonable(event))
         elif isinstance(event, RoundClosed):
             self._on_round(event)
+        elif isinstance(event, ParticipationChanged):
+            self._participation(event)
         elif isinstance(event, LogEvent):
             with (self.directory / "log.txt").open("a", encoding="utf-8") as log:
                 log.write(f"[{event.level}] {event.message}\n")
@@ -131,6 +137,8 @@ class ResultsWriter:
             "domain_clusters": speaking_clusters(event.result.clusters, self._domains_of, self._prepared.domains),
             "details": jsonable(event.details),
         }
+        if self._prepared.faults.active:
+            record["participants"] = self._participation.plan.participation(event.round)
         self._last_round = record
         self._append(self._rounds, record)
         if event.round == self._prepared.plan.schedule.rounds:

@@ -10,6 +10,12 @@ travels ``latency_s`` more without holding anything (so back-to-back messages pi
 A dedicated link is used by one sender only, in that sender's program order, so it never delays
 anything beyond what the analytic model already counts; only shared segments (and the server's
 one CPU, which the analytic model also counts) produce contention.
+
+Faults (``conditions``, a :class:`~p2pgan.plan.faults.FaultPlan`): a straggler's computes take
+``compute_factor`` times longer and its access link (both directions) carries ``link_factor``
+times fewer bits per second; a message on a lossy access link holds that link once per copy sent
+(``retransmissions + 1``: link-level resends, back to back), while the rest of its path carries it
+once. Absent clients are priced by their absence from the trace.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import simpy
 
@@ -27,6 +33,17 @@ from p2pgan.ids import SERVER_ID
 from p2pgan.errors import P2PGanError
 from p2pgan.topology.profiles import Hop, Topology
 from p2pgan.sim.trace import Operation
+
+
+class Conditions(Protocol):
+    """How much slower each client computes and sends, and how often a message is lost
+    (:class:`~p2pgan.plan.faults.FaultPlan` is one)."""
+
+    def compute_factor(self, client: str) -> float: ...
+
+    def link_factor(self, client: str) -> float: ...
+
+    def retransmissions(self, round_: int, step: int, phase: object, src: str, dst: str) -> int: ...
 
 
 CRITICAL_PATH_SHOWN = 2000
@@ -92,10 +109,12 @@ class SimReport:
 
 
 class _Run:
-    def __init__(self, operations: Sequence[Operation], topology: Topology, assignment: Mapping[str, str]) -> None:
+    def __init__(self, operations: Sequence[Operation], topology: Topology, assignment: Mapping[str, str],
+                 conditions: Conditions | None = None) -> None:
         self.ops = operations
         self.topology = topology
         self.assignment = assignment
+        self.conditions = conditions
         self.env = simpy.Environment()
         n = len(operations)
         self.done = [self.env.event() for _ in range(n)]
@@ -160,6 +179,8 @@ class _Run:
         env, ops, done = self.env, self.ops, self.done
         cpu = self.cpus.setdefault(node, simpy.Resource(env, capacity=1))
         rate = self.rate(node)
+        if self.conditions is not None and node != SERVER_ID:
+            rate /= self.conditions.compute_factor(node)
         previous: int | None = None
         for i in indices:
             op = ops[i]
@@ -183,6 +204,11 @@ class _Run:
         self.start[i] = env.now
         pred = self._latest(op.deps)
         bits = op.nbytes * 8.0
+        access_bits = bits
+        if self.conditions is not None:
+            client = op.dst if op.node == SERVER_ID else op.node
+            copies = 1 + self.conditions.retransmissions(op.round, op.step, op.phase, op.node, op.dst)
+            access_bits = bits * copies * self.conditions.link_factor(client)
         for hop in self.path(op.node, op.dst):
             res = self.link(hop.resource)
             arrived = env.now
@@ -193,7 +219,7 @@ class _Run:
                 # has fully arrived qualifies, which keeps the predecessor graph acyclic.
                 if env.now > arrived and blocker is not None and self.done[blocker].triggered:
                     pred = blocker
-                hold = bits / hop.bps
+                hold = (bits if hop.shared else access_bits) / hop.bps
                 yield env.timeout(hold)
                 self.link_busy[hop.resource] += hold
                 self.last_user[hop.resource] = i
@@ -220,13 +246,15 @@ class _Run:
                               f"(a dependency cycle?), first: {self.ops[stuck[0]].describe()}")
 
 
-def simulate(operations: Sequence[Operation], topology: Topology, assignment: Mapping[str, str]) -> SimReport:
-    """Price ``operations`` on ``topology`` (nodes mapped to profiles by ``assignment``)."""
+def simulate(operations: Sequence[Operation], topology: Topology, assignment: Mapping[str, str],
+             conditions: Conditions | None = None) -> SimReport:
+    """Price ``operations`` on ``topology`` (nodes mapped to profiles by ``assignment``), with
+    stragglers and lossy links as ``conditions`` says (default: none)."""
     ops = list(operations)
     for position, op in enumerate(ops):
         if op.index != position:
             raise ValueError("operations must be the list a tracer returned (index == position)")
-    run = _Run(ops, topology, assignment)
+    run = _Run(ops, topology, assignment, conditions)
     run.run()
     return _report(run)
 

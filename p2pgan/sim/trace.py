@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from p2pgan.ids import SERVER_ID, natural_key
 from p2pgan.model.costs import ModelCosts
 from p2pgan.model.segments import ClientSplit
+from p2pgan.plan.faults import FaultPlan
 from p2pgan.plan.program import (BWD, FWD, U_SHAPED, Broadcast, ClientCompute, Exchange, Program, RoundTrip,
                                  network_split)
 from p2pgan.protocol.events import ComputeEvent, TransferEvent
@@ -214,7 +215,8 @@ class _Emitter:
 
 def trace_from_program(program: Program, splits: Mapping[str, ClientSplit], costs: ModelCosts,
                        batch_sizes: Mapping[str, int], iterations: int, include_aggregation: bool,
-                       rounds: int = 1, first_round: int = 1, server_batch: int | None = None) -> list[Operation]:
+                       rounds: int = 1, first_round: int = 1, server_batch: int | None = None,
+                       faults: FaultPlan | None = None) -> list[Operation]:
     """The operations ``program``'s nodes perform for ``splits``, without training.
 
     ``iterations`` steps per round, ``rounds`` rounds numbered from ``first_round`` (nodes count
@@ -222,6 +224,10 @@ def trace_from_program(program: Program, splits: Mapping[str, ClientSplit], cost
     ``server_batch``: how many samples a :class:`~p2pgan.plan.program.Broadcast` server generates
     per client (MD-GAN: the schedule's batch size); default each client's own batch. Clients
     appear in natural id order, as the server orders them.
+
+    ``faults``: only the clients present at an iteration take part in it (the server batches
+    over them); at a round's end only those at its federation send their parameters, and the
+    aggregate goes to them and to the clients that rejoin the next round (their cluster's weights).
     """
     tracer = OperationTracer()
     emit = _Emitter(tracer, costs)
@@ -229,9 +235,16 @@ def trace_from_program(program: Program, splits: Mapping[str, ClientSplit], cost
     generated = {c: server_batch if server_batch is not None else batch_sizes[c] for c in clients}
     for rnd in range(first_round, first_round + rounds):
         for step in range(iterations):
-            _IterationTrace(emit, clients, splits, costs, batch_sizes, generated, rnd, step).run(program)
+            present = clients if faults is None else [c for c in clients if c in faults.present(rnd, step)]
+            _IterationTrace(emit, present, splits, costs, batch_sizes, generated, rnd, step).run(program)
         if include_aggregation and program.round_end:
-            _federate(emit, program, clients, splits, costs, rnd)
+            if faults is None:
+                _federate(emit, program, clients, clients, splits, costs, rnd)
+            else:
+                federated = faults.at_federation(rnd)
+                receivers = federated | faults.rejoining(rnd + 1)
+                _federate(emit, program, [c for c in clients if c in federated],
+                          [c for c in clients if c in receivers], splits, costs, rnd)
     return tracer.operations()
 
 
@@ -364,16 +377,17 @@ def client_param_bytes(split: ClientSplit, costs: ModelCosts, program: Program =
     return sum(costs[name].param_bytes for name in program.client_blocks(split))
 
 
-def _federate(emit: _Emitter, program: Program, clients: list[str], splits: Mapping[str, ClientSplit],
-              costs: ModelCosts, rnd: int) -> None:
+def _federate(emit: _Emitter, program: Program, clients: list[str], receivers: list[str],
+              splits: Mapping[str, ClientSplit], costs: ModelCosts, rnd: int) -> None:
+    """``clients`` send their parameters; ``receivers`` get the aggregate (their own share)."""
     step = ROUND_LEVEL_STEP
-    sizes = {c: client_param_bytes(splits[c], costs, program) for c in clients}
+    sizes = {c: client_param_bytes(splits[c], costs, program) for c in {*clients, *receivers}}
     for c in clients:
         emit.receive(SERVER_ID, emit.send(MessageKind.PARAMS, c, SERVER_ID, rnd, step, Phase.FEDERATE, sizes[c]))
     # Aggregating reads every float element the clients sent once (fp32): cheap, but not free.
-    elements = sum(sizes.values()) / 4
+    elements = sum(sizes[c] for c in clients) / 4
     emit.compute(SERVER_ID, rnd, step, Phase.FEDERATE, FWD, (), len(clients), float(elements), always=True)
-    for c in clients:
+    for c in receivers:
         # A client loads the aggregate outside any compute (its consumed list is cleared); the
         # tracer adds the dependency back (round-level messages gate the receiver's next compute).
         emit.send(MessageKind.AGGREGATE, SERVER_ID, c, rnd, step, Phase.FEDERATE, sizes[c])

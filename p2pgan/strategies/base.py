@@ -93,11 +93,12 @@ class Strategy(ABC):
         """Combine the round's client and server copies into what everyone continues with."""
 
     def create_server(self, prepared: "PreparedRun", endpoint: Endpoint, bus: EventBus):
-        return ServerNode(prepared.setup, prepared.plan, self, len(prepared.domains), endpoint, bus, self.program)
+        return ServerNode(prepared.setup, prepared.plan, self, len(prepared.domains), endpoint, bus, self.program,
+                          faults=prepared.faults)
 
     def create_client(self, prepared: "PreparedRun", client_id: str, endpoint: Endpoint, bus: EventBus):
         return ClientNode(prepared.setup, prepared.plan.client(client_id), prepared.plan.schedule,
-                          prepared.client_data[client_id], endpoint, bus, self.program)
+                          prepared.client_data[client_id], endpoint, bus, self.program, faults=prepared.faults)
 
     def create_node(self, prepared: "PreparedRun", node_id: str, endpoint: Endpoint, bus: EventBus):
         if node_id == SERVER_ID:

@@ -48,6 +48,10 @@ class FedProxClient(ClientNode):
         await super().federate(round_, losses)
         self._anchor = self._snapshot()
 
+    async def rejoin(self, round_: int) -> None:
+        await super().rejoin(round_)
+        self._anchor = self._snapshot()
+
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self._anchor = self._snapshot()  # the anchor is the round's starting point: the loaded blocks
@@ -63,4 +67,5 @@ class FedProx(Strategy):
 
     def create_client(self, prepared, client_id, endpoint, bus):
         return FedProxClient(prepared.setup, prepared.plan.client(client_id), prepared.plan.schedule,
-                             prepared.client_data[client_id], endpoint, bus, self.program, mu=self.options.mu)
+                             prepared.client_data[client_id], endpoint, bus, self.program, mu=self.options.mu,
+                             faults=prepared.faults)

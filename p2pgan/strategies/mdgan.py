@@ -37,6 +37,7 @@ from p2pgan.bus import EventBus
 from p2pgan.config.schema import Scenario
 from p2pgan.engine.client import BatchSampler
 from p2pgan.engine.loops import RoundCheckpoint, run_client, run_server
+from p2pgan.engine.participation import Participation
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.state import (NodeState, blocks_state, generator_state, load_blocks, load_generator,
                                  load_optimizers, optimizers_state)
@@ -50,9 +51,9 @@ from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.protocol.events import ClientLosses, RoundAggregated
 from p2pgan.protocol.federation import Aggregator, FederationInput, FederationResult
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
-from p2pgan.protocol.params import flatten_blocks, float_state, unflatten_blocks
+from p2pgan.protocol.params import flatten_blocks, float_state
 from p2pgan.strategies.base import CutResolver, Layout, Strategy, full_local_layout
-from p2pgan.engine.federate import federate_round
+from p2pgan.engine.federate import federate_round, load_aggregate
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
@@ -70,7 +71,10 @@ class _Node:
         self._program = program
         self._bus = bus
         self._gen = torch.Generator().manual_seed(node_seed(prepared.setup.seed, node_id))
-        self._port = NodePort(node_id, endpoint, bus, prepared.setup.costs)
+        self.faults = prepared.faults
+        continues = node_id == SERVER_ID and prepared.faults.policy == "continue"
+        self._port = NodePort(node_id, endpoint, bus, prepared.setup.costs,
+                              prepared.faults.peer_deadline_s if continues else None)
         blocks = build_initial_blocks(self._setup.model, self._setup.seed)
         self.blocks = {name: blocks[name] for name in held}
         self._optimizers = {net.name: self._setup.adam([p for n, b in self.blocks.items() if n in net.block_names
@@ -109,12 +113,22 @@ class MDGanServer(_Node):
         self._clients = prepared.plan.client_ids
         self._num_domains = len(prepared.domains)
         self._networks = {step.network.name: self._segment(step.network) for step in _broadcasts(program)}
+        self.participation = Participation(prepared.faults, bus)
 
     async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
         await run_server(self, self._schedule, self._bus, first_round, checkpoint)
 
+    def state_dict(self) -> NodeState:
+        state = super().state_dict()
+        return NodeState(self.node_id, {**state.tensors, **self.participation.state()})
+
+    def load_state_dict(self, state: NodeState) -> None:
+        super().load_state_dict(state)
+        self.participation.load_state(state)
+
     async def iteration(self, round_: int, step: int) -> None:
         self._port.at(round_, step)
+        self.participation.enter(round_, step)
         for action in self._program.iteration:
             if isinstance(action, Broadcast):
                 await self._broadcast(action)
@@ -124,10 +138,11 @@ class MDGanServer(_Node):
                 raise TypeError(f"the MD-GAN server cannot execute {type(action).__name__}")
 
     async def _broadcast(self, step: Broadcast) -> None:
-        """Generate for every client at once, send each its slice, back-propagate their feedback."""
+        """Generate for every client present at once, send each its slice, back-propagate their feedback."""
         spec = self._setup.model
         batch = self._schedule.batch_size
-        total = batch * len(self._clients)
+        clients = [cid for cid in self._clients if cid in self.participation.now]
+        total = batch * len(clients)
         (generated,) = [name for name in step.down if name not in step.integer_down]
         # Uniform labels: the server knows nothing about the clients' label distributions.
         labels = torch.randint(0, spec.num_classes, (total,), generator=self._gen)
@@ -135,28 +150,40 @@ class MDGanServer(_Node):
         self._port.state("computing")
         fake = self._networks[step.network.name](z, labels)
         self._port.computed(step.network.block_names, step.down_phase, FWD, total)
-        for i, cid in enumerate(self._clients):
-            part = slice(i * batch, (i + 1) * batch)
+        slices = {cid: slice(i * batch, (i + 1) * batch) for i, cid in enumerate(clients)}
+        down = []
+        for cid in clients:
+            part = slices[cid]
             tensors = {name: labels[part].clone() if name in step.integer_down else fake[part].detach()
                        for name in step.down}
-            await self._port.send(self._port.message(MessageKind.ACTIVATION, cid, step.down_phase, tensors))
-        (feedback,) = [up for up, down in step.grad_of if down == generated]
-        grads = []
-        for cid in self._clients:  # client-id order, never arrival order
-            msg = await self._port.receive(MessageKind.GRADIENT, cid, step.up_phase)
-            grads.append(msg.tensors[feedback])
+            down.append(self._port.message(MessageKind.ACTIVATION, cid, step.down_phase, tensors))
+        await self._port.send_each(down, self._lost)
+        (feedback,) = [up for up, down_name in step.grad_of if down_name == generated]
+        # Client-id order, never arrival order.
+        still = [cid for cid in clients if cid in self.participation.now]
+        received = await self._port.receive_each(MessageKind.GRADIENT, still, step.up_phase, self._lost)
+        if not received:
+            return
+        # A peer lost on the way contributes no feedback (a zero gradient for its slice).
+        grads = [received[cid].tensors[feedback] if cid in received else torch.zeros_like(fake[slices[cid]])
+                 for cid in clients]
         self._port.state("computing")
         # MD-GAN averages the workers' feedback: each client's loss is a mean over its batch.
-        torch.autograd.backward(fake, torch.cat(grads) / len(self._clients))
+        torch.autograd.backward(fake, torch.cat(grads) / len(received))
         self._port.computed(step.network.block_names, step.up_phase, BWD, total)
 
     async def federate(self, round_: int) -> FederationResult:
         """Collect every client's parameters, let the strategy decide, send each what it loads."""
         self._port.at(round_, ROUND_LEVEL_STEP)
         result, losses = await federate_round(self._port, self._plan, round_, self.blocks, self._strategy, {},
-                                              self._num_domains)
+                                              self._num_domains, self.participation,
+                                              {c.client_id: self._program.client_blocks(c.split)
+                                               for c in self._plan.clients})
         self._bus.publish(RoundAggregated(round_, result, losses))
         return result
+
+    def _lost(self, peer: str, problem: str) -> None:
+        self.participation.drop(peer, self._port.round, self._port.step, problem)
 
 
 @dataclass
@@ -189,7 +216,7 @@ class MDGanClient(_Node):
         self._networks = {step.client_network.name: self._segment(step.client_network) for step in _broadcasts(program)}
 
     async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
-        await run_client(self, self._schedule, self._bus, first_round, checkpoint)
+        await run_client(self, self._schedule, self._bus, first_round, checkpoint, self.faults)
 
     def state_dict(self) -> NodeState:
         """The shared node state plus the sampler's position in its permutation."""
@@ -259,10 +286,12 @@ class MDGanClient(_Node):
         states = {name: float_state(block) for name, block in self.blocks.items()}
         await self._port.send(self._port.message(MessageKind.PARAMS, SERVER_ID, Phase.FEDERATE, flatten_blocks(states),
                                                  {"num_examples": len(self._data), **losses}))
-        reply = await self._port.receive(MessageKind.AGGREGATE, SERVER_ID, Phase.FEDERATE)
-        for name, state in unflatten_blocks(reply.tensors).items():
-            self.blocks[name].load_state_dict(state, strict=False)
-        self._port.forget_received()
+        await load_aggregate(self._port, self.blocks)
+
+    async def rejoin(self, round_: int) -> None:
+        """Back next round: load the discriminator the server sends, sending nothing."""
+        self._port.at(round_, ROUND_LEVEL_STEP)
+        await load_aggregate(self._port, self.blocks)
 
 
 class MDGan(Strategy):

@@ -7,6 +7,7 @@ import importlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from p2pgan import __version__
@@ -16,10 +17,12 @@ from p2pgan.runtime import default_threads, keep_freed_memory, passive_thread_wa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="p2pgan", description="HuSCF-GAN split/federated cGAN simulator")
+    parser = argparse.ArgumentParser(prog="p2pgan", description="HuSCF-GAN split/federated cGAN simulator",
+                                     epilog="Start with: p2pgan scenario run scenarios/quick.yaml; "
+                                            "p2pgan COMMAND --help for each command.")
     parser.add_argument("--version", action="version", version=f"p2pgan {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"p2pgan.commands.{name}").register(subparsers)
     return parser
@@ -41,9 +44,14 @@ def _install_stop_signals() -> dict[int, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()  # a run's closing summary counts its wall time from here
     passive_thread_waits()  # before build_parser imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started
+    if args.command is None:  # `p2pgan` alone (or with only --debug): what it can do
+        parser.print_help()
+        return 0
     previous = _install_stop_signals()
     keep_freed_memory()
     if getattr(args, "threads", None) is None:

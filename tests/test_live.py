@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from types import SimpleNamespace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,12 @@ from p2pgan.protocol.events import ClientLosses
 from p2pgan.protocol.events import RoundClosed
 from p2pgan.protocol.events import (
     ComputeEvent,
+    FinalEvaluation,
     LogEvent,
     NodeInfo,
     NodeStateEvent,
+    ParticipationChanged,
+    PreparationStep,
     RunFinished,
     RunStarted,
     TransferEvent,
@@ -245,13 +249,13 @@ def test_command_picks_live_view():
     assert isinstance(_live_view(None), LiveView)
 
 
-def _run(tmp: Path, observer_factory) -> tuple[Path, object]:
+def _run(tmp: Path, observer_factory, *more_observers) -> tuple[Path, object]:
     from p2pgan.config import load_scenario
     from p2pgan.run.session import run_scenario
 
     scenario = load_scenario(QUICK, ["training.rounds=1", "training.max_batches_per_epoch=2", f"output.dir={tmp}"])
     observer = observer_factory(tmp)
-    outcome = run_scenario(scenario, [observer])
+    outcome = run_scenario(scenario, [observer, *more_observers])
     assert outcome.status == "completed"
     return tmp, observer
 
@@ -281,7 +285,10 @@ def test_live_and_plain_runs_give_identical_results(tmp_path):
         console = Console(file=handle, record=True, width=160, height=50, force_terminal=True)
         return LiveView(console=console, refresh_per_second=20)
 
-    live_dir, view = _run(tmp_path / "live", live)
+    steps: list[PreparationStep] = []
+
+    live_dir, view = _run(tmp_path / "live", live, lambda event: steps.append(event)
+                          if isinstance(event, PreparationStep) else None)
     plain_dir, _ = _run(tmp_path / "plain", lambda folder: PlainProgress(io.StringIO()))
 
     assert _rounds_without_wall(live_dir) == _rounds_without_wall(plain_dir)
@@ -311,6 +318,14 @@ def test_live_and_plain_runs_give_identical_results(tmp_path):
     assert all(d.latest for d in snap.domains) and snap.rounds_done == 1
     assert all(n.sent > 0 and n.received > 0 for n in snap.nodes)
     assert "c005" in view.console.export_text()  # what the Live itself drew
+    # The preparation walk told the observers each step, started then done, before the run began.
+    names = ["data mnist", "data fashion-mnist", "partition", "model costs", "cuts"]
+    assert [(e.name, e.state) for e in steps] == [(n, state) for n in names for state in ("started", "done")]
+    done = {e.name: e for e in steps if e.state == "done"}
+    assert done["partition"].detail == "6 clients, non-iid" and done["cuts"].detail.startswith("policy mixed")
+    assert all(e.seconds is not None and e.seconds >= 0 for e in done.values())
+    assert [p.name for p in snap.preparation] == names and all(p.state == "done" for p in snap.preparation)
+    assert any(message.startswith("prepared in ") for _, message in snap.logs)
 
 
 @pytest.mark.parametrize("height", [30, 40, 60])
@@ -328,3 +343,173 @@ def test_dashboard_fits_the_terminal_height(height):
     assert len(lines) < height  # one line left for the cursor
     shown = [n.node_id for n in run.nodes if any(f"│ {n.node_id} " in line for line in lines)]
     assert shown[0] == "server" and shown[1] == "c000" and len(shown) >= 1 + 4
+
+
+# -- preparation, final evaluation, dropped clients, small terminals ---------------------------
+
+
+def lines_at(renderable, width: int, height: int) -> list[str]:
+    """What a ``width`` x ``height`` terminal shows of ``renderable`` (rich's own layout)."""
+    console = Console(record=True, width=width, height=height, file=io.StringIO(), color_system=None)
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def finished_run(num_clients: int, clock: FakeClock, *, final: bool = True, dropped: int = 1) -> DashboardState:
+    """A 3-round run fed its preparation, rounds, a dropout and (optionally) the final evaluation."""
+    state = DashboardState(clock, title="demo")
+    for name, seconds in (("data mnist", 0.2), ("model costs", 1.3), ("judge mnist", 2.5)):
+        state.apply(PreparationStep(name, "started"))
+        clock.t += seconds
+        state.apply(PreparationStep(name, "done", f"{name} ready", seconds))
+    run = started(num_clients=num_clients, rounds=3, epochs=1, steps=4)
+    state.apply(run)
+    clients = [n.node_id for n in run.nodes if n.role == "client"]
+    for round_ in (1, 2, 3):
+        for step in range(4):
+            clock.t += 1.0
+            for cid in clients:
+                state.apply(losses(cid, round_, step))
+                state.apply(TransferEvent(f"m{cid}", cid, "server", "activation", round_, step, "g_fwd", 1000))
+        if round_ == 2 and dropped:
+            gone = tuple(clients[:dropped])
+            state.apply(ParticipationChanged(2, 3, tuple(clients[dropped:]), gone, f"{gone[0]} dropped out (scripted)"))
+        state.apply(aggregation(round_, clients, {c: i % 2 for i, c in enumerate(clients)},
+                                {"mnist": {"gen_score": 1.5}, "kmnist": {"gen_score": 1.2}}))
+        state.apply(SimulatedTime(round_, 4 * round_, simulated_s=10.0 * round_, wall_s=4.0 * round_))
+    if final:
+        state.apply(FinalEvaluation("started", 3))
+        clock.t += 4.0
+        state.apply(FinalEvaluation("done", 3, {"mnist": {"gen_score": 1.51, "fid": 80.1, "accuracy": 61.0, "f1": 58.2},
+                                                "kmnist": {"gen_score": 1.21, "fid": 95.1, "accuracy": 40.0, "f1": 38.0}},
+                                    0.62, 4.0))
+        state.apply(LogEvent("final metrics (round 3, ARI 0.620):\ndomain ...\nmnist ..."))
+        state.apply(RunFinished("completed", 16.0))
+    return state
+
+
+def test_preparation_steps_show_as_a_checklist_before_the_run_starts():
+    clock = FakeClock()
+    view = LiveView(SimpleNamespace(name="demo"), console=Console(file=io.StringIO(), width=80, height=24),
+                    clock=clock)
+    view(PreparationStep("data mnist", "started"))
+    assert view.running  # the display comes up with the first step, not only at RunStarted
+    clock.t += 0.25
+    view(PreparationStep("data mnist", "done", "5,000 train images", 0.25))
+    view(PreparationStep("judge mnist", "started"))
+    clock.t += 7.0
+    text = "\n".join(lines_at(render(view.snapshot(), height=24), 80, 24))
+    assert "p2pgan · demo · preparing" in text and "status preparing" in text and "scenario demo" in text
+    assert "✓  data mnist" in text and "5,000 train images" in text and "0.2s" in text
+    assert "…  judge mnist" in text and "running" in text and "7.0s" in text  # elapsed while it runs
+    view(PreparationStep("judge mnist", "failed", "cannot read the cache"))
+    text = "\n".join(lines_at(render(view.snapshot()), 80, 24))
+    assert "status failed" in text and "✗  judge mnist" in text and "cannot read the cache" in text
+    view(PreparationStep("judge kmnist", "started"))  # a failed judge does not end the preparation
+    assert "status preparing" in "\n".join(lines_at(render(view.snapshot()), 80, 24))
+    view.stop()
+    assert not view.running
+
+
+def test_no_latency_claim_before_the_first_round_closes():
+    clock = FakeClock()
+    state = DashboardState(clock)
+    state.apply(started(num_clients=2))
+    text = text_of(render(state.snapshot()))
+    assert "simulated: after round 1" in text and "no latency engine" not in text
+    state.apply(SimulatedTime(1, 3, simulated_s=30.0, wall_s=6.0))
+    assert "simulated 00:30 (×5.00)" in text_of(render(state.snapshot()))
+
+
+def test_final_evaluation_status_then_final_metrics_panel():
+    clock = FakeClock()
+    state = finished_run(6, clock, final=False)
+    state.apply(FinalEvaluation("started", 3))
+    clock.t += 12
+    text = text_of(render(state.snapshot()))
+    assert "status evaluating" in text and "final evaluation · round 3 · 00:12 so far" in text
+    assert "final metrics ·" not in text
+    state.apply(FinalEvaluation("done", 3, {"mnist": {"gen_score": 1.51, "fid": 80.14, "accuracy": 61.0, "f1": 58.2},
+                                            "kmnist": {"gen_score": 1.21, "fid": 95.1, "accuracy": None}}, 0.62, 12.5))
+    state.apply(LogEvent("final metrics (round 3, ARI 0.620):\ndomain  cluster ...\nmnist ..."))
+    text = text_of(render(state.snapshot()))
+    assert "status running" in text  # until RunFinished says how the run ended
+    assert "final metrics · round 3 · ARI 0.62 · evaluated in 12.5s" in text
+    mnist = next(line for line in text.splitlines() if line.startswith("│ mnist ") and "80.1" in line)
+    assert "1.51" in mnist and "61.0" in mnist and "58.2" in mnist
+    kmnist = next(line for line in text.splitlines() if line.startswith("│ kmnist ") and "95.1" in line)
+    assert "1.21" in kmnist and kmnist.split()[-2:] == ["-", "│"]  # f1 unmeasured: a dash
+    assert "mnist ..." not in text  # a multi-line log record shows its first line only
+    state.apply(RunFinished("completed", 40.0))
+    assert "status completed" in text_of(render(state.snapshot()))
+    failed = finished_run(2, FakeClock(), final=False)
+    failed.apply(FinalEvaluation("failed", 3, seconds=1.0, detail="final metrics failed: ValueError: boom"))
+    assert "final evaluation failed" in text_of(render(failed.snapshot()))
+
+
+def test_last_round_closing_is_shown_while_its_metrics_run():
+    state = DashboardState(FakeClock())
+    state.apply(started(num_clients=2, rounds=1, epochs=1, steps=2))
+    for step in range(2):
+        for cid in ("c000", "c001"):
+            state.apply(losses(cid, 1, step))
+    assert "status closing round 1" in text_of(render(state.snapshot()))
+    state.apply(aggregation(1, ["c000", "c001"], {"c000": 0, "c001": 0}))
+    assert "status running" in text_of(render(state.snapshot()))
+
+
+def test_dropped_clients_are_marked_and_counted():
+    clock = FakeClock()
+    state = finished_run(6, clock, final=False, dropped=2)
+    text = text_of(render(state.snapshot(), page=0))
+    assert "clients 6 (2 dropped)" in text
+    for cid, expected in (("c000", "dropped"), ("c001", "dropped"), ("c002", "idle")):
+        row = next(line for line in text.splitlines() if f" {cid} " in line)
+        assert f" {expected} " in row
+    assert "round 2 step 3: c000 dropped out (scripted) (4 taking part)" in text
+    many = finished_run(30, FakeClock(), final=False, dropped=3)
+    summary = next(line for line in text_of(render(many.snapshot(), max_node_rows=10)).splitlines() if "all 30" in line)
+    assert "dropped 3" in summary and "idle 27" in summary
+    state.apply(ParticipationChanged(3, 0, tuple(f"c{i:03d}" for i in range(6)), (), "c000, c001 rejoined"))
+    text = text_of(render(state.snapshot(), page=0))
+    assert "clients 6   scenario" in text and "c000, c001 rejoined (6 taking part)" in text
+    assert " idle " in next(line for line in text.splitlines() if " c000 " in line)
+
+
+@pytest.mark.parametrize("width,height", [(80, 24), (120, 40)])
+@pytest.mark.parametrize("num_clients", [6, 40])
+@pytest.mark.parametrize("final", [False, True])
+def test_dashboard_is_legible_at_common_terminal_sizes(width, height, num_clients, final):
+    """Nothing essential is cut: the frame fits (a line left for the cursor), every line is one
+    panel row (no wrapping), the status line is whole, node rows are whole rows (or one summary
+    row), and the final metrics show when the run has them."""
+    clock = FakeClock()
+    state = finished_run(num_clients, clock, final=final)
+    lines = lines_at(render(state.snapshot(), height=height, page=0), width, height)
+    assert len(lines) <= height - 1
+    assert lines[0].startswith("╭─ p2pgan · demo") and lines[-1].startswith("╰")
+    for line in lines[1:-1]:  # one panel row each: wrapped or overflowing output breaks the borders
+        assert line.startswith("│ ") and line.endswith(" │") and len(line) == width, line
+    body = [line[2:-2] for line in lines[1:-1]]
+    status = body[0]
+    assert status.startswith(f"status {'completed' if final else 'running'}   clients {num_clients} (1 dropped)")
+    assert "…" not in status
+    assert any(line.startswith("results /tmp/results/demo") for line in body)
+    assert any(line.startswith("rounds ") and "3/3" in line for line in body)
+    node_rows = [line for line in body if line.startswith(("c0", "server "))]
+    assert node_rows[0].startswith("server ")
+    for row in node_rows[1:]:  # a client row is whole: id, domain, cut tuple, state, bytes
+        cid = row.split()[0]
+        index = int(cid[1:])
+        assert cut_str(((index >> 3) & 1, (index >> 2) & 1, (index >> 1) & 1, index & 1)) in row
+        assert ("dropped" if index == 0 else "idle") in row and "kB" in row and "…" not in row
+    shown = len(node_rows) - 1
+    if shown < num_clients:  # not all clients fit: paged or collapsed, with a summary row of all of them
+        assert any(line.startswith(f"all {num_clients} ") and "dropped 1" in line for line in body)
+    if num_clients == 6 and height >= 40:
+        assert shown == 6
+    if final:
+        assert any(line.startswith("final metrics · round 3") for line in body)
+        assert any(line.startswith("mnist ") and "80.1" in line and "58.2" in line for line in body)
+    elif height >= 40 and num_clients == 6:
+        assert any("dropped out (scripted)" in line for line in body)  # the log has room there

@@ -177,10 +177,24 @@ class ParticipationChanged:
 class PreparationStep:
     """A preparation step before round 1 (data loading, the judge's training, the cut search).
 
-    ``state`` is "started" or "done"; ``detail`` a short line shown by the live view.
+    ``state`` is "started", "done" or "failed"; ``detail`` a short line shown by the live view.
     """
 
     name: str
-    state: str  # "started" | "done"
+    state: str  # "started" | "done" | "failed"
     detail: str = ""
     seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class FinalEvaluation:
+    """The full evaluation of the last round after training (metrics: generation score, FID,
+    classification utility). ``state`` is "started", "done" or "failed"; when done, ``domains``
+    holds ``final_metrics.json``'s per-domain numbers and ``ari`` its adjusted Rand index."""
+
+    state: str  # "started" | "done" | "failed"
+    round: int
+    domains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ari: float | None = None
+    seconds: float | None = None
+    detail: str = ""

@@ -46,7 +46,8 @@ from typing import Any
 
 from p2pgan.bus import EventBus
 from p2pgan.plan.nodedata import client_domains, speaking_clusters
-from p2pgan.protocol.events import LogEvent, RoundAggregated
+from p2pgan.protocol.events import FinalEvaluation, LogEvent, RoundAggregated
+from p2pgan.run.steps import Progress, preparation_step
 
 CSV_FIELDS = ("round", "domain", "cluster", "gen_score", "fid", "ari")
 FINAL_FIELDS = ("domain", "cluster", "gen_score", "fid", "accuracy", "precision", "recall", "f1", "fpr",
@@ -71,7 +72,7 @@ class RunEvaluator:
     """The observer behind :func:`metrics_extension` (see the module doc)."""
 
     def __init__(self, prepared, bus: EventBus, directory: Path, fresh: bool = True) -> None:
-        from p2pgan.metrics import MetricsConfig
+        from p2pgan.metrics import ClassifierCache, MetricsConfig
 
         scenario = prepared.scenario
         spec = scenario.metrics
@@ -86,6 +87,7 @@ class RunEvaluator:
                                     classifier_epochs=spec.classifier_epochs, utility_epochs=spec.utility_epochs,
                                     seed=scenario.seed, cache_dir=str(cache_dir),
                                     num_classes=scenario.data_shape.num_classes)
+        self._cache = ClassifierCache(cache_dir)
         self.rounds = prepared.plan.schedule.rounds
         self.history: dict[str, dict[int, float]] = {d: {} for d in self.domains}
         self.per_round: list[dict[str, Any]] = []
@@ -103,16 +105,21 @@ class RunEvaluator:
 
     # -- data and judges ----------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Load every domain's test split and judge classifier now, before any node starts.
+    def prepare(self, progress: Progress | None = None) -> None:
+        """Load every domain's test split and judge classifier now, before any node starts
+        (``progress`` is told each domain's step).
 
         Training a judge takes much longer than scoring a round; done lazily inside the first
         evaluated round it would stall every node past the transport's receive timeout.
         """
         started = time.perf_counter()
         for domain in self.domains:
-            self.test_split(domain)
-            self.judge(domain)
+            with preparation_step(progress, f"judge {domain}") as step:
+                self.test_split(domain)
+                trained = self._cache.trained
+                self.judge(domain)
+                step.detail = (f"trained ({self.config.classifier_epochs} epochs), cached"
+                               if self._cache.trained > trained else "from the cache")
         took = time.perf_counter() - started
         if took > 1.0:
             self.bus.publish(LogEvent(f"judge classifiers ready in {took:.1f}s (cache {self.config.cache_dir})"))
@@ -124,7 +131,7 @@ class RunEvaluator:
 
             scenario = self.prepared.scenario
             train = load_domain(domain, "train", scenario.data.root, scenario.datasets.get(domain))
-            self._judges[domain] = domain_classifier(domain, train, self.config)
+            self._judges[domain] = domain_classifier(domain, train, self.config, cache=self._cache)
         return self._judges[domain]
 
     def test_split(self, domain: str):
@@ -244,14 +251,21 @@ class RunEvaluator:
             note = self.disabled_reason or f"run {status}: final metrics skipped"
             return {"metrics": {"round": self.per_round[-1]["round"] if self.per_round else None,
                                 "per_round_last": self.per_round[-1] if self.per_round else None, "note": note}}
+        self.bus.publish(FinalEvaluation("started", event.round))
+        started = time.perf_counter()
         try:
             final = self.final_metrics(event)
         except Exception as exc:
             (self.directory / "metrics_error.txt").write_text(traceback.format_exc(), encoding="utf-8")
-            self.bus.publish(LogEvent(f"final metrics failed: {type(exc).__name__}: {exc}", "error"))
-            return {"metrics": {"note": f"final metrics failed: {type(exc).__name__}: {exc}"}}
-        for line in format_final_table(final).splitlines():
-            self.bus.publish(LogEvent(line))
+            problem = f"final metrics failed: {type(exc).__name__}: {exc}"
+            self.bus.publish(FinalEvaluation("failed", event.round, seconds=time.perf_counter() - started,
+                                             detail=problem))
+            self.bus.publish(LogEvent(problem, "error"))
+            return {"metrics": {"note": problem}}
+        self.bus.publish(FinalEvaluation("done", event.round, final["domains"], final["ari"],
+                                         time.perf_counter() - started))
+        # One record (the table's lines together), so a log view shows it as one entry.
+        self.bus.publish(LogEvent(format_final_table(final)))
         return {"metrics": final}
 
     def final_metrics(self, event: RoundAggregated) -> dict[str, Any]:
@@ -313,14 +327,16 @@ def _fmt(value: Any) -> str:
     return "" if value is None else repr(round(float(value), 6))
 
 
-def metrics_extension(prepared, bus: EventBus, directory: Path, fresh: bool = True) -> RunEvaluator | None:
+def metrics_extension(prepared, bus: EventBus, directory: Path, fresh: bool = True,
+                      progress: Progress | None = None) -> RunEvaluator | None:
     """A prepared :class:`RunEvaluator` when ``metrics.enabled`` (judges trained before the run).
-    ``fresh=False``: a resumed run, whose metric files and history go on."""
+    ``fresh=False``: a resumed run, whose metric files and history go on. ``progress``: told the
+    judges' preparation steps."""
     if not prepared.scenario.metrics.enabled:
         return None
     evaluator = RunEvaluator(prepared, bus, Path(directory), fresh)
     try:
-        evaluator.prepare()
+        evaluator.prepare(progress)
     except Exception as exc:
         evaluator.disabled_reason = f"{type(exc).__name__}: {exc}"
         bus.publish(LogEvent(f"metrics disabled: cannot prepare the judge classifiers ({evaluator.disabled_reason})",

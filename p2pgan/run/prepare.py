@@ -23,34 +23,47 @@ from p2pgan.plan.cuts import resolve_cuts
 from p2pgan.plan.nodedata import ClientRecord, LocalData, PreparedRun
 from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.plan.setup import NodeSetup
+from p2pgan.run.faults import build_fault_plan, refuse_pooled_faults
 from p2pgan.run.leakage import measured_leakage
+from p2pgan.run.steps import Progress, preparation_step
 from p2pgan.sim.search import SearchSpace, run_search
 from p2pgan.strategies.catalogue import strategy_for
 from p2pgan.topology.profiles import load_topology
 
 
 def prepare_run(scenario: Scenario, costs: ModelCosts | None = None, for_node: str | None = None,
-                for_nodes: Collection[str] | None = None) -> PreparedRun:
+                for_nodes: Collection[str] | None = None, progress: Progress | None = None) -> PreparedRun:
     """Everything a run needs before any node starts: data, partitions, cuts, schedule, costs.
 
     ``costs``: the model's measured costs when already known (a process per node reuses the
     coordinator's instead of profiling the model again). ``for_node``: keep only that node's
     examples (none for the server or any other id, e.g. a coordinator's ``SERVER_ID``).
     ``for_nodes``: the same for a process hosting several nodes (a Ray shard of clients).
+    ``progress``: told each step (:class:`~p2pgan.protocol.events.PreparationStep`) as it starts and ends.
     """
     strategy = strategy_for(scenario)
-    train = {domain: load_domain(domain, "train", scenario.data.root, scenario.datasets.get(domain))
-             for domain in scenario.domains}
-    try:
-        partitions = partition_clients(scenario.client_counts, {d: data.labels for d, data in train.items()},
-                                       scenario.partition.kind, scenario.seed, scenario.partition.alpha,
-                                       cap_total=None, num_classes=scenario.data_shape.num_classes)
-    except ValueError as exc:
-        raise P2PGanError(f"{scenario.source}:partition: {exc}") from None
+    train = {}
+    for domain in scenario.domains:
+        with preparation_step(progress, f"data {domain}") as step:
+            train[domain] = load_domain(domain, "train", scenario.data.root, scenario.datasets.get(domain))
+            step.detail = f"{len(train[domain]):,} train images"
+    with preparation_step(progress, "partition") as step:
+        try:
+            partitions = partition_clients(scenario.client_counts, {d: data.labels for d, data in train.items()},
+                                           scenario.partition.kind, scenario.seed, scenario.partition.alpha,
+                                           cap_total=None, num_classes=scenario.data_shape.num_classes)
+        except ValueError as exc:
+            raise P2PGanError(f"{scenario.source}:partition: {exc}") from None
+        step.detail = f"{len(partitions)} clients, {scenario.partition.kind}"
     spec = scenario.model_spec
-    costs = costs if costs is not None else profile_model(spec)
+    if costs is None:
+        with preparation_step(progress, "model costs") as step:
+            costs = profile_model(spec)
+            step.detail = f"{len(costs.blocks)} blocks profiled"
     client_ids = [p.client_id for p in partitions]
-    layout = strategy.layout(scenario, client_ids, lambda ids: scenario_cuts(scenario, ids, costs))
+    with preparation_step(progress, "cuts") as step:
+        layout = strategy.layout(scenario, client_ids, lambda ids: scenario_cuts(scenario, ids, costs))
+        step.detail = _cuts_detail(scenario, layout)
     keep = _keeper(for_node, client_ids[0] if layout.pooled else None, for_nodes)
     client_data, clients, records = {}, [], []
     for part in partitions:
@@ -64,15 +77,28 @@ def prepare_run(scenario: Scenario, costs: ModelCosts | None = None, for_node: s
     training = scenario.training
     setup = NodeSetup(spec, costs, scenario.seed, training.lr, tuple(training.betas))
     if layout.pooled:
+        refuse_pooled_faults(scenario)
         return _pooled(scenario, setup, clients, records, client_data, keep)
     schedule = Schedule.for_clients([c.num_examples for c in clients], training.rounds, training.local_epochs,
                                     training.batch_size, training.max_batches_per_epoch)
-    return PreparedRun(scenario, RunPlan(tuple(clients), schedule), setup, tuple(records), client_data)
+    run_plan = RunPlan(tuple(clients), schedule)
+    faults = build_fault_plan(scenario, run_plan, records, strategy.program, costs)
+    return PreparedRun(scenario, run_plan, setup, tuple(records), client_data, faults)
 
 
 def scenario_cuts(scenario: Scenario, client_ids: Sequence[str], costs: ModelCosts) -> dict[str, ClientCut]:
     """The scenario's ``cuts:`` section resolved for ``client_ids``, searching with the simulator."""
     return resolve_cuts(scenario, client_ids, _search(costs))
+
+
+def _cuts_detail(scenario: Scenario, layout) -> str:
+    if layout.full_local:
+        return "every block on the client" + (" (one pooled client)" if layout.pooled else "")
+    spec = scenario.cuts
+    how = (f"search {spec.search}" if spec.search is not None else f"policy {spec.policy}" if spec.policy is not None
+           else "per client" if spec.per_client is not None else "fixed")
+    distinct = len({cut.as_tuple() for cut in layout.cuts.values()})
+    return f"{how}, {distinct} distinct cut{'s' if distinct != 1 else ''}"
 
 
 def _keeper(for_node: str | None, pooled_into: str | None, for_nodes: Collection[str] | None = None):

@@ -33,6 +33,7 @@ from p2pgan.run.prepare import prepare_run
 from p2pgan.run.privacy import privacy_extension
 from p2pgan.report.write import write_report
 from p2pgan.run.results import ResultsWriter
+from p2pgan.run.tensorboard import tensorboard_extension
 from p2pgan.strategies.catalogue import strategy_for
 
 Observer = Callable[[object], None]
@@ -67,7 +68,8 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     when it runs every node, else it reports its part to ``checkpoint_written`` (the coordinator).
     """
     strategy = strategy_for(scenario)
-    prepared = prepared or prepare_run(scenario)
+    progress = preparation_progress(observers)
+    prepared = prepared or prepare_run(scenario, progress=progress)
     all_nodes = [SERVER_ID, *prepared.plan.client_ids]
     local = list(node_ids) if node_ids is not None else all_nodes
     checkpointing = scenario.checkpoint.enabled and (node_ids is None or checkpoint_written is not None)
@@ -75,7 +77,7 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     writer = ResultsWriter(prepared, scenario.results_dir)
     bus.subscribe(writer)
     extensions = _extensions(prepared, bus, writer, strategy.program, sees_all_nodes=node_ids is None,
-                             checkpointed=checkpointing, fresh=resume is None)
+                             checkpointed=checkpointing, fresh=resume is None, progress=progress)
     run_side = RunSide(scenario.results_dir, [p for p in (writer, *extensions) if isinstance(p, Checkpointable)])
     markers = CheckpointMarkers(scenario.results_dir, all_nodes, prepared.plan.schedule.rounds, "one process")
     checkpointer = None
@@ -128,6 +130,14 @@ def run_scenario(scenario: Scenario, observers: Sequence[Observer] = (),
     return RunOutcome(status, summary, prepared, error)
 
 
+def preparation_progress(observers: Sequence[Observer]) -> Observer:
+    """Tells the observers of the preparation steps, which run before the run's bus exists."""
+    bus = EventBus()
+    for observer in observers:
+        bus.subscribe(observer)
+    return bus.publish
+
+
 def _checkpoint_summary(checkpointer: RoundCheckpointer, markers: CheckpointMarkers,
                         resume: ResumePoint | None) -> dict[str, Any]:
     seconds = list(checkpointer.seconds.values())
@@ -147,10 +157,13 @@ def _write_report(scenario: Scenario, bus: EventBus) -> None:
 
 
 def _extensions(prepared: PreparedRun, bus: EventBus, writer: ResultsWriter, program: Program,
-                sees_all_nodes: bool, checkpointed: bool = False, fresh: bool = True) -> list[Extension]:
+                sees_all_nodes: bool, checkpointed: bool = False, fresh: bool = True,
+                progress: Observer | None = None) -> list[Extension]:
     """Optional subsystems that observe a run and add to its rounds and summary (latency, metrics).
-    ``checkpointed``: they keep what checkpoints need; ``fresh=False``: a resumed run's."""
+    ``checkpointed``: they keep what checkpoints need; ``fresh=False``: a resumed run's;
+    ``progress``: told their preparation steps (the metrics judges)."""
     found = [latency_extension(prepared, bus, writer.directory, program, sees_all_nodes, checkpointed),
-             metrics_extension(prepared, bus, writer.directory, fresh),
-             privacy_extension(prepared, bus, writer.directory, program)]
+             metrics_extension(prepared, bus, writer.directory, fresh, progress),
+             privacy_extension(prepared, bus, writer.directory, program),
+             tensorboard_extension(prepared, bus, fresh)]
     return [extension for extension in found if extension is not None]

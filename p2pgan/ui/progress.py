@@ -6,11 +6,13 @@ import sys
 import time
 from typing import TextIO
 
-from p2pgan.protocol.events import LogEvent, RoundClosed, RunFinished, RunStarted
+from p2pgan.protocol.events import (FinalEvaluation, LogEvent, ParticipationChanged, PreparationStep, RoundClosed,
+                                    RunFinished, RunStarted)
 
 
 class PlainProgress:
-    """Prints one line at start, one per round, one at the end."""
+    """Prints one line per finished preparation step, one at start, one per round, one per change
+    of who takes part, the final evaluation's start and end, and one at the end."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
@@ -18,7 +20,13 @@ class PlainProgress:
         self._rounds = 0
 
     def __call__(self, event: object) -> None:
-        if isinstance(event, RunStarted):
+        if isinstance(event, PreparationStep):
+            if event.state == "done":
+                detail = f": {event.detail}" if event.detail else ""
+                self._print(f"prepared {event.name}{detail} ({event.seconds or 0.0:.1f}s)")
+            elif event.state == "failed":
+                self._print(f"preparation step {event.name} failed: {event.detail}")
+        elif isinstance(event, RunStarted):
             self._rounds = event.rounds
             clients = sum(1 for n in event.nodes if n.role == "client")
             self._print(f"run {event.scenario}: {clients} clients, strategy {event.strategy}, transport "
@@ -34,6 +42,17 @@ class PlainProgress:
             if event.simulated_s is not None and event.wall_s:
                 self._print(f"  simulated {event.simulated_s:.1f}s after round {event.round} "
                             f"(simulated/wall {event.simulated_s / event.wall_s:.2f}x)")
+        elif isinstance(event, ParticipationChanged):
+            dropped = f"; dropped: {', '.join(event.dropped)}" if event.dropped else ""
+            self._print(f"round {event.round} step {event.step}: {event.reason or 'participation changed'} "
+                        f"({len(event.present)} taking part{dropped})")
+        elif isinstance(event, FinalEvaluation):
+            if event.state == "started":
+                self._print(f"evaluating round {event.round} (final metrics)...")
+            elif event.state == "done":
+                self._print(f"final evaluation done in {event.seconds or 0.0:.1f}s")
+            else:
+                self._print(f"final evaluation failed: {event.detail}")
         elif isinstance(event, LogEvent):
             self._print(f"[{event.level}] {event.message}")
         elif isinstance(event, RunFinished):

@@ -13,6 +13,10 @@ Forward-compatible seams (duck-typed, so the live view needs no change when they
 * **generation scores** -- ``RoundClosed.details["metrics"][domain]["gen_score"]``;
 * **collapsed fakes** -- a ``ClientLosses``-like event carrying ``fake_std`` (the spread of the
   generated batch) below :data:`FAKE_STD_MIN` flags "G collapse".
+
+Before ``RunStarted`` the state collects the run's preparation steps (``PreparationStep``: data,
+partition, model costs, cuts, the metrics judges); after the last round, the final evaluation
+(``FinalEvaluation``) turns the status to "evaluating" and then carries the final metrics.
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ from p2pgan.protocol.events import ClientLosses
 from p2pgan.protocol.events import RoundClosed
 from p2pgan.protocol.events import (
     ComputeEvent,
+    FinalEvaluation,
     LogEvent,
     NodeInfo,
     NodeStateEvent,
+    ParticipationChanged,
+    PreparationStep,
     RoundFinished,
     RunFinished,
     RunStarted,
@@ -97,6 +104,29 @@ class NodeRow:
     received: int
     flops: float
     health: str
+    dropped: bool = False
+    """Not taking part at the moment (faults: dropped out, missed a deadline, dead)."""
+
+
+@dataclass(frozen=True)
+class PrepRow:
+    """One preparation step: ``state`` "started" | "done" | "failed"; ``seconds`` so far while it runs."""
+
+    name: str
+    state: str
+    detail: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FinalRow:
+    """One domain's final metrics (``None`` where the evaluation did not measure it)."""
+
+    domain: str
+    gen_score: float | None
+    fid: float | None
+    accuracy: float | None
+    f1: float | None
 
 
 @dataclass(frozen=True)
@@ -149,6 +179,25 @@ class Snapshot:
     detail: str = ""
     bytes_total: int = 0
     observer_errors: int = 0
+    title: str = ""
+    """The scenario's name before ``RunStarted`` tells it (what the preparation view shows)."""
+    preparation: tuple[PrepRow, ...] = ()
+    prepare_s: float | None = None
+    """Wall seconds from the first preparation step to ``RunStarted``."""
+    dropped: int = 0
+    """Clients not taking part at the moment."""
+    final_state: str | None = None
+    """The final evaluation: ``None`` (not begun or none), "started", "done", "failed"."""
+    final_round: int = 0
+    final_rows: tuple[FinalRow, ...] = ()
+    final_ari: float | None = None
+    final_s: float = 0.0
+    """Seconds the final evaluation took (so far, while it runs)."""
+    final_detail: str = ""
+
+    @property
+    def preparing(self) -> bool:
+        return not self.started and bool(self.preparation)
 
     @property
     def steps_per_round(self) -> int:
@@ -184,6 +233,15 @@ class _Node:
         if self.d_low >= D_WIN_STEPS:
             return HEALTH_D_WINS
         return HEALTH_OK
+
+
+@dataclass
+class _Prep:
+    name: str
+    started: float
+    state: str = "started"
+    detail: str = ""
+    seconds: float | None = None
 
 
 @dataclass
@@ -233,8 +291,13 @@ class _Domain:
 class DashboardState:
     """Everything the dashboard shows, kept up to date by :meth:`apply` (O(1) per event)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, title: str = "") -> None:
         self._clock = clock
+        self._title = title
+        self._prep: dict[str, _Prep] = {}
+        self._latest_prep: _Prep | None = None
+        self._prep_t0: float | None = None
+        self._prepare_s: float | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -256,6 +319,10 @@ class DashboardState:
         self._detail = ""
         self._finished_wall: float | None = None
         self._bytes_total = 0
+        self._dropped: frozenset[str] = frozenset()
+        self._final: FinalEvaluation | None = None
+        self._final_t0: float | None = None
+        self._final_s = 0.0
         self.observer_errors = 0
 
     # -- updates -----------------------------------------------------------------------------
@@ -281,7 +348,14 @@ class DashboardState:
                 self._simulated_s = float(event.simulated_s)
                 self._sim_wall_s = float(event.wall_s)
         elif kind is LogEvent:
-            self._logs.append((event.level, event.message))
+            # A multi-line record (the final metrics table) is one entry: its first line.
+            self._logs.append((event.level, event.message.split("\n", 1)[0]))
+        elif kind is ParticipationChanged:
+            self._participation(event)
+        elif kind is PreparationStep:
+            self._preparation(event)
+        elif kind is FinalEvaluation:
+            self._final_evaluation(event)
         elif kind is RunStarted:
             self._started(event)
         elif kind is RunFinished:
@@ -297,8 +371,47 @@ class DashboardState:
 
     __call__ = apply
 
+    def _preparation(self, event: PreparationStep) -> None:
+        now = self._clock()
+        if self._prep_t0 is None:
+            self._prep_t0 = now
+        if self._run is not None:  # a step after the start (none today): shown in the log
+            if event.state != "started":
+                self._logs.append(("info" if event.state == "done" else "error",
+                                   f"{event.name}: {event.detail or event.state}"))
+            return
+        step = self._prep.get(event.name)
+        if step is None or event.state == "started":
+            step = self._prep[event.name] = _Prep(event.name, now)
+        self._latest_prep = step
+        step.state, step.detail = event.state, event.detail or step.detail
+        if event.seconds is not None:
+            step.seconds = event.seconds
+
+    def _participation(self, event: ParticipationChanged) -> None:
+        self._dropped = frozenset(event.dropped)
+        present = len(event.present)
+        what = event.reason or f"{len(event.dropped)} client{'s' if len(event.dropped) != 1 else ''} dropped"
+        self._logs.append(("warning" if event.dropped else "info",
+                           f"round {event.round} step {event.step}: {what} ({present} taking part)"))
+
+    def _final_evaluation(self, event: FinalEvaluation) -> None:
+        now = self._clock()
+        if event.state == "started":
+            self._final_t0 = now
+            self._final_s = 0.0
+        else:
+            self._final_s = event.seconds if event.seconds is not None else (
+                now - self._final_t0 if self._final_t0 is not None else 0.0)
+            self._final_t0 = None
+        self._final = event
+
     def _started(self, event: RunStarted) -> None:
         self._reset()
+        if self._prep_t0 is not None:
+            self._prepare_s = self._clock() - self._prep_t0
+            slow = [f"{p.name} {p.seconds:.1f}s" for p in self._prep.values() if (p.seconds or 0) >= 0.1]
+            self._logs.append(("info", f"prepared in {self._prepare_s:.1f}s" + (f" ({', '.join(slow)})" if slow else "")))
         self._run = event
         self._status = "running"
         for info in event.nodes:
@@ -393,17 +506,32 @@ class DashboardState:
 
     # -- reading ------------------------------------------------------------------------------
 
+    def _preparation_rows(self, now: float) -> tuple[PrepRow, ...]:
+        return tuple(PrepRow(p.name, p.state, p.detail,
+                             p.seconds if p.seconds is not None else (now - p.started if self._run is None else 0.0))
+                     for p in self._prep.values())
+
     def snapshot(self) -> Snapshot:
         """An immutable copy of what the renderer needs (O(nodes + domains × history))."""
         run = self._run
-        if run is None:
-            return Snapshot(started=False, logs=tuple(self._logs), observer_errors=self.observer_errors)
         now = self._clock()
+        if run is None:
+            elapsed = now - self._prep_t0 if self._prep_t0 is not None else 0.0
+            # A step that failed ends the preparation unless another one follows (the metrics
+            # judges fail without stopping the run: metrics are then off).
+            latest = self._latest_prep
+            status = "failed" if latest is not None and latest.state == "failed" else (
+                "preparing" if self._prep else "waiting")
+            return Snapshot(started=False, logs=tuple(self._logs), observer_errors=self.observer_errors,
+                            title=self._title, preparation=self._preparation_rows(now), elapsed_s=elapsed,
+                            status=status)
         running = self._finished_wall is None
         elapsed = now - self._t0 if running else self._finished_wall
         since = now - self._last_step_t if running and self._last_step_t is not None else 0.0
+        dropped = self._dropped
         nodes = tuple(NodeRow(n.info.node_id, n.info.role, n.info.domain, n.info.profile, n.info.cut, n.state,
-                              n.sent, n.received, n.flops, n.health) for n in self._nodes.values())
+                              n.sent, n.received, n.flops, n.health, n.info.node_id in dropped)
+                      for n in self._nodes.values())
         unhealthy: dict[str, list[tuple[str, str]]] = {}
         for row in nodes:
             if row.health != HEALTH_OK and row.domain is not None:
@@ -414,12 +542,32 @@ class DashboardState:
             domains.append(DomainRow(d.name, d.members, dict(d.latest), tuple(d.d_history), tuple(d.g_history),
                                      d.health, tuple(cid for cid, _ in bad), d.membership,
                                      tuple(d.cluster_history), tuple(d.gen_scores)))
+        final = self._final
+        status = self._status
+        if running and final is not None and final.state == "started":
+            status = "evaluating"
+        elif running and run.rounds and self._steps_done >= run.rounds * run.local_epochs * run.steps_per_epoch \
+                and self._rounds_done < run.rounds:
+            # Every iteration is done; the last round's aggregation and metrics are still running.
+            status = f"closing round {self._rounds_done + 1}"
+        final_s = self._final_s + (now - self._final_t0 if self._final_t0 is not None else 0.0)
+        final_rows = tuple(FinalRow(domain, _number(v.get("gen_score")), _number(v.get("fid")),
+                                    _number(v.get("accuracy")), _number(v.get("f1")))
+                           for domain, v in (final.domains.items() if final is not None else ()) if isinstance(v, Mapping))
         return Snapshot(
             started=True, scenario=run.scenario, strategy=run.strategy, transport=run.transport, seed=run.seed,
             results_dir=run.results_dir, rounds=run.rounds, local_epochs=run.local_epochs,
             steps_per_epoch=run.steps_per_epoch, steps_done=self._steps_done, rounds_done=self._rounds_done,
             elapsed_s=elapsed, step_s=self._step_s, since_step_s=since, simulated_s=self._simulated_s, sim_wall_s=self._sim_wall_s,
             num_clusters=self._num_clusters, ari=self._ari, nodes=nodes, domains=tuple(domains), logs=tuple(self._logs),
-            status=self._status, detail=self._detail, bytes_total=self._bytes_total,
-            observer_errors=self.observer_errors,
+            status=status, detail=self._detail, bytes_total=self._bytes_total,
+            observer_errors=self.observer_errors, title=self._title, preparation=self._preparation_rows(now),
+            prepare_s=self._prepare_s, dropped=sum(1 for n in nodes if n.dropped and n.role == "client"),
+            final_state=final.state if final is not None else None, final_round=final.round if final else 0,
+            final_rows=final_rows, final_ari=final.ari if final is not None else None, final_s=final_s,
+            final_detail=final.detail if final is not None else "",
         )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

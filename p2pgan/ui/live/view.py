@@ -12,7 +12,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from p2pgan.protocol.events import RunFinished, RunStarted
+from p2pgan.protocol.events import PreparationStep, RunFinished, RunStarted
 from p2pgan.ui.live.rendering import render
 from p2pgan.ui.live.state import DashboardState, Snapshot
 
@@ -24,8 +24,8 @@ class LiveView:
 
     Events only update :class:`DashboardState` under a lock (O(1) each); rich's own refresh thread
     takes a snapshot under the same lock at ``refresh_per_second`` and renders it outside the lock,
-    so nodes are never blocked by drawing. The display starts on ``RunStarted`` and stops on
-    ``RunFinished``; :meth:`stop` is idempotent and also runs at interpreter exit, so the terminal is
+    so nodes are never blocked by drawing. The display starts on the first ``PreparationStep`` (or
+    on ``RunStarted``) and stops on ``RunFinished``; :meth:`stop` is idempotent and also runs at interpreter exit, so the terminal is
     restored after an exception or a second Ctrl-C. Usable as a context manager.
     """
 
@@ -35,7 +35,7 @@ class LiveView:
         self.scenario = scenario
         self.console = console if console is not None else Console()
         self.refresh_per_second = refresh_per_second
-        self.state = DashboardState(clock)
+        self.state = DashboardState(clock, title=str(getattr(scenario, "name", "") or ""))
         self.frames = 0
         self.render_s = 0.0
         self._max_node_rows = max_node_rows
@@ -53,7 +53,7 @@ class LiveView:
         except Exception:  # never let the display break training
             self.state.observer_errors += 1
         try:
-            if isinstance(event, RunStarted):
+            if isinstance(event, (RunStarted, PreparationStep)):
                 self.start()
             elif isinstance(event, RunFinished):
                 self.stop()
@@ -72,8 +72,9 @@ class LiveView:
             if not self.console.is_terminal:
                 return render(self.snapshot(), max_node_rows=self._max_node_rows)
             # On a terminal, end with an empty line: the cursor then rests at its start, so the tty's
-            # "^C" echo on Ctrl-C cannot wrap a full-width line and shift the next frame down.
-            frame = render(self.snapshot(), max_node_rows=self._max_node_rows, height=self.console.size.height - 1)
+            # "^C" echo on Ctrl-C cannot wrap a full-width line and shift the next frame down (the
+            # frame leaves the terminal's last line for it).
+            frame = render(self.snapshot(), max_node_rows=self._max_node_rows, height=self.console.size.height)
             return Group(frame, Text(""))
         except Exception as exc:  # a drawing bug must not kill the refresh thread
             return Text(f"p2pgan live view: cannot render ({type(exc).__name__}: {exc})", style="red")

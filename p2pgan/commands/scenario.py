@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from p2pgan.config import load_scenario
-from p2pgan.errors import P2PGanError
+from p2pgan.config.keys import KeyValues
+from p2pgan.config.loader import check_output_path
+from p2pgan.errors import ConfigError, P2PGanError
+
+
+MAX_THREADS = 4096
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,36 +53,45 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a scenario key, e.g. --set training.rounds=3 (repeatable)")
 
 
-def scenario_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = list(args.overrides)
+def scenario_overrides(args: argparse.Namespace) -> list[str | KeyValues]:
+    overrides: list[str | KeyValues] = list(args.overrides)
     if getattr(args, "transport", None):
         overrides.append(f"transport.kind={args.transport}")
     if getattr(args, "processes", False):
         overrides.append("transport.processes=true")
     if getattr(args, "out", None):
-        overrides.append(f"output.dir={args.out.resolve()}")
+        # Checked before resolving (a NUL byte), and passed as a path, not as YAML text ("a #b").
+        check_output_path(args.out, "output.dir", source=str(args.file))
+        overrides.append(KeyValues.of("output.dir", str(args.out.resolve())))
     return overrides
 
 
 def validate_command(args: argparse.Namespace) -> int:
-    from p2pgan.strategies.catalogue import strategy_for
-    from p2pgan.topology.profiles import load_topology
+    from p2pgan.commands.checks import check_runnable
 
     scenario = load_scenario(args.file, args.overrides)
-    strategy_for(scenario)  # the strategy's own section, checked against its options
-    if scenario.topology is not None:  # its contents too, not only that the file exists
-        load_topology(scenario.topology, scenario.topology_overrides)
+    checked = check_runnable(scenario)  # what run checks before it claims a folder: the same lines
+    _print_notes(checked.notes)
     print(f"{args.file}: ok ({scenario.num_clients} clients over {', '.join(scenario.domains)}; "
-          f"strategy {scenario.strategy.name}; {scenario.training.rounds} rounds)")
+          f"strategy {scenario.strategy.name}; {scenario.training.rounds} rounds; "
+          f"{min(checked.sizes.values())}..{max(checked.sizes.values())} examples per client)")
+    for found in checked.sources:
+        print(f"  {found.domain}: {found.examples} train images from {found.source}")
     return 0
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from p2pgan.run.folder import claim_results_dir
-    from p2pgan.strategies.catalogue import strategy_for
+def _print_notes(notes) -> None:
+    for note in notes:
+        print(f"p2pgan: note: {note}", file=sys.stderr, flush=True)
 
+
+def run_command(args: argparse.Namespace) -> int:
+    from p2pgan.commands.checks import check_runnable
+    from p2pgan.run.folder import claim_results_dir
+
+    _check_threads(args)
     scenario = load_scenario(args.file, scenario_overrides(args))
-    strategy_for(scenario)
+    _print_notes(check_runnable(scenario).notes)
     _set_threads(args)
     with claim_results_dir(scenario.results_dir, force=args.force, resume=False, source=str(args.file)):
         return _train(scenario, args, None)
@@ -91,6 +106,7 @@ def resume_command(args: argparse.Namespace) -> int:
     from p2pgan.strategies.catalogue import strategy_for
 
     run_dir = args.run_dir
+    _check_threads(args)
     with claim_results_dir(run_dir, force=False, resume=True, key="RUN_DIR", source="scenario resume"):
         scenario = load_run_config(run_dir)
         strategy_for(scenario)
@@ -120,38 +136,55 @@ def _refuse_completed(run_dir: Path, scenario) -> None:
 
 
 def _set_threads(args: argparse.Namespace) -> None:
+    _check_threads(args)
     if args.threads is not None:
         import torch
 
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
+
+
+def _check_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise ConfigError(f"scenario {args.scenario_command}", "--threads",
+                          f"expected a whole number 1..{MAX_THREADS}, got {args.threads}")
 
 
 def _train(scenario, args: argparse.Namespace, resume) -> int:
-    """Run (or continue) ``scenario`` in the results folder the caller has claimed."""
-    from p2pgan.run.processes import run_processes
-    from p2pgan.run.session import run_scenario
+    """Run (or continue) ``scenario`` in the results folder the caller has claimed, then print the
+    closing summary (after the live view has stopped)."""
+    from p2pgan.run.launch import launch
+    from p2pgan.ui.closing import TrafficTally
     from p2pgan.ui.progress import PlainProgress
 
-    if scenario.execution.engine == "ray":
-        if resume is not None:
-            raise P2PGanError("resume is not available for execution.engine: ray yet")
-        from p2pgan.run.ray import run_ray
-
-        live = sys.stdout.isatty() if args.live is None else args.live
-        outcome = run_ray(scenario, [_live_view(scenario)] if live else [PlainProgress()])
-    elif scenario.transport.processes:
-        outcome = run_processes(scenario, resume=resume)
-    else:
-        live = sys.stdout.isatty() if args.live is None else args.live
-        observers = [_live_view(scenario)] if live else [PlainProgress()]
-        outcome = run_scenario(scenario, observers, resume=resume)
+    started = getattr(args, "started", None) or time.perf_counter()  # set by the CLI's entry point
+    live = sys.stdout.isatty() if args.live is None else args.live
+    display = _live_view(scenario) if live else PlainProgress()
+    tally = TrafficTally()
+    try:
+        # Node processes print their own lines; the coordinator's preparation is shown here.
+        outcome = launch(scenario, [display, tally], resume, coordinator_progress=PlainProgress())
+    finally:
+        stop = getattr(display, "stop", None)
+        if stop is not None:  # a live view that never saw the run end (preparation failed) lets go
+            stop()
+    _print_closing(display, outcome.summary, scenario.results_dir, time.perf_counter() - started, tally.bytes)
     if outcome.status == "completed":
-        print(f"results: {scenario.results_dir}")
         return 0
     print(f"p2pgan: run {outcome.status}: {outcome.summary.get('detail', '')} "
           f"(results so far kept in {scenario.results_dir}; continue with `p2pgan scenario resume "
           f"{scenario.results_dir}`)", file=sys.stderr)
     return outcome.error.exit_code if outcome.error is not None and hasattr(outcome.error, "exit_code") else 130
+
+
+def _print_closing(display, summary, results_dir: Path, wall_s: float, traffic_bytes: int) -> None:
+    from p2pgan.ui.closing import closing_summary, closing_text
+
+    closing = closing_summary(summary, results_dir, wall_s, traffic_bytes)
+    console = getattr(display, "console", None)
+    if console is not None:
+        console.print(closing_text(closing, console.width), soft_wrap=True)
+    else:
+        print(closing_text(closing).plain, flush=True)
 
 
 def _live_view(scenario):

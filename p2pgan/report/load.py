@@ -98,6 +98,7 @@ class RoundRecord:
     domain_clusters: dict[str, int]
     phase: str | None  # e.g. HuSCF "warmup" / "clustered"
     ari: float | None
+    weights: dict[str, float] = field(default_factory=dict)  # client -> its aggregation weight
 
     @property
     def num_clusters(self) -> int:
@@ -541,6 +542,7 @@ def _round_record(path: Path, number: int, row: Mapping[str, Any]) -> RoundRecor
             domain_clusters={str(d): int(k) for d, k in row.get("domain_clusters", {}).items()},
             phase=str(details["phase"]) if details.get("phase") is not None else None,
             ari=_float(details.get("ari")),
+            weights={str(c): float(w) for c, w in (details.get("weights") or {}).items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise _bad(path, str(number), f"not a round record ({type(exc).__name__}: {exc})") from None

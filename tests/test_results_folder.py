@@ -46,7 +46,7 @@ def test_a_folder_with_results_is_refused_and_left_alone(tmp_path):
         claim_results_dir(tmp_path / "r", force=False, resume=False, key="--out", source="scenario run")
     text = _one_line_error(caught)
     assert text.startswith("scenario run:--out: results folder ") and "--force" in text and "resume" in text
-    assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == sorted(before + [LOCK_NAME])
+    assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == before  # not even a lock file left
     # the refusal released the lock: a forced claim may follow at once
     claim_results_dir(tmp_path / "r", force=True, resume=False).release()
 
@@ -77,6 +77,20 @@ def test_force_refuses_to_clear_a_folder_no_run_wrote(tmp_path):
     with pytest.raises(ConfigError) as caught:
         claim_results_dir(home, force=True, resume=False)
     assert "does not look like a p2pgan results folder" in _one_line_error(caught)
+    assert (home / "thesis.tex").read_text() == "precious"
+
+
+def test_a_refused_claim_does_not_make_a_user_folder_clearable(tmp_path):
+    """A refusal must not leave the lock file behind: it would mark the folder as a run's, and a
+    following --force would empty a folder no run ever wrote."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("precious")
+    with pytest.raises(ConfigError, match="is not empty"):
+        claim_results_dir(home, force=False, resume=False)
+    assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
+    with pytest.raises(ConfigError, match="does not look like a p2pgan results folder"):
+        claim_results_dir(home, force=True, resume=False)
     assert (home / "thesis.tex").read_text() == "precious"
 
 

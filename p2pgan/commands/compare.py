@@ -43,9 +43,11 @@ import torch
 
 from p2pgan.config import load_scenario
 from p2pgan.config.keys import KeyValues
+from p2pgan.config.loader import check_output_path
 from p2pgan.config.schema import SEED_MAX
 from p2pgan.errors import EXIT_INTERRUPTED, ConfigError, P2PGanError
 from p2pgan.report.load import load_run
+from p2pgan.commands.checks import check_runnable
 from p2pgan.run.folder import claim_results_dir
 from p2pgan.run.processes import run_processes
 from p2pgan.run.session import run_scenario
@@ -479,8 +481,13 @@ def compare_command(args: argparse.Namespace) -> int:
               "(the metrics are what is compared)", flush=True)
     for name in strategies:  # every strategy's options checked before anything runs
         strategy_for(with_strategy(base, name))
+    # The topology and the data as every run will meet them (the same checks as `scenario run`).
+    for note in check_runnable(with_strategy(base, strategies[0])).notes:
+        print(f"compare: note: {note}", flush=True)
     seeds = seeds or [base.seed]
-    out = (args.out or Path("runs") / f"compare-{base.name}").resolve()
+    out = args.out or Path("runs") / f"compare-{base.name}"
+    check_output_path(out, "--out", source="compare")  # before resolving: a NUL byte
+    out = out.resolve()
     per_run_threads = threads if threads is not None or jobs == 1 else max(1, (os.cpu_count() or 1) // jobs)
     with claim_results_dir(out, force=args.force, resume=False, key="--out", source="compare"):
         plan = [RunJob(args.file, tuple(overrides), name, seed, out / name / f"seed-{seed}", per_run_threads)

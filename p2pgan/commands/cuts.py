@@ -15,6 +15,7 @@ would cost without it) and what each privacy budget costs in latency.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from p2pgan.errors import P2PGanError
+from p2pgan.config.loader import check_output_path
+from p2pgan.errors import ConfigError, P2PGanError
 
 BUDGET_STEPS = 8
 """At most this many thresholds per leakage measure in the budget table."""
@@ -52,23 +54,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cuts_command)
 
 
+MAX_GA_SIZE = 1_000_000
+"""Bound on --generations and --population (the population is a population x genes array)."""
+
+
+def ga_params(generations: int | None, population: int | None, command: str):
+    """The GA's parameters with the flags on top, each checked (one line naming ``command:flag``)."""
+    from p2pgan.sim.search import GAParams
+
+    for flag, value, low in (("--generations", generations, 1), ("--population", population, 2)):
+        if value is not None and not low <= value <= MAX_GA_SIZE:
+            raise ConfigError(command, flag, f"expected a whole number {low}..{MAX_GA_SIZE}, got {value}")
+    ga = GAParams()
+    if generations is not None:
+        ga = dataclasses.replace(ga, generations=generations)
+    if population is not None:
+        ga = dataclasses.replace(ga, population=population)
+    return ga
+
+
 def load_setting(file: Path, overrides: list[str], topology_path: Path | None,
                  generations: int | None = None, population: int | None = None):
     """Scenario -> (scenario, :class:`Setting`): costs profiled once, engine client ids."""
     from p2pgan.config import load_scenario
     from p2pgan.model.costs import profile_model
     from p2pgan.sim.pricing import client_ids_for
-    from p2pgan.sim.search import GAParams
     from p2pgan.sim.study import Setting
     from p2pgan.topology.profiles import default_topology_path, load_topology
 
     scenario = load_scenario(file, overrides)
     topology = load_topology(topology_path or scenario.topology or default_topology_path(), scenario.topology_overrides)
-    ga = GAParams()
-    if generations is not None:
-        ga = GAParams(**{**ga.__dict__, "generations": generations})
-    if population is not None:
-        ga = GAParams(**{**ga.__dict__, "population": population})
+    ga = ga_params(generations, population, "cuts")
     costs = profile_model(scenario.model_spec)
     setting = Setting(costs, tuple(client_ids_for(scenario.num_clients)), scenario.training.batch_size,
                       topology, scenario.seed, ga)
@@ -128,6 +144,8 @@ def cuts_command(args: argparse.Namespace) -> int:
     from p2pgan.sim.pricing import REFERENCE_POLICIES
     from p2pgan.sim.study import ResolvedPlan, price, resolve_plan
 
+    if args.json_out is not None:  # before the search, not after it
+        check_output_path(args.json_out, "--json", source="cuts", kind="file")
     scenario, setting = load_setting(args.file, args.overrides, args.topology, args.generations, args.population)
     spec = scenario_plan_spec(scenario, setting, args.method)
     budget, leakage = privacy_inputs(scenario, args)
@@ -169,9 +187,8 @@ def cuts_command(args: argparse.Namespace) -> int:
         console.print("privacy budgets: no leakage table (pass --leakage privacy.json from `p2pgan privacy` "
                       "to price them)")
     if args.json_out is not None:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
         proof = plan.search.proof if plan.search is not None else None
-        args.json_out.write_text(json.dumps({
+        write_json(args.json_out, {
             "topology": setting.topology.name,
             "clients": len(setting.client_ids),
             "batch_size": setting.batch_size,
@@ -190,8 +207,17 @@ def cuts_command(args: argparse.Namespace) -> int:
                 "analytic_optimum_simulated_s": proof.analytic_optimum_simulated_s,
                 "analytic_plan_excess": proof.analytic_plan_excess, "simulations": proof.simulations,
                 "next_bound_s": proof.next_bound_s},
-        }, indent=2) + "\n", encoding="utf-8")
+        })
     return 0
+
+
+def write_json(path: Path, data: dict) -> None:
+    """``data`` as JSON at ``path`` (parents created), or the one-line error naming ``cuts:--json``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("cuts", "--json", f"cannot write {path} ({exc.strerror or exc})") from None
 
 
 # -- what the constraints cost ----------------------------------------------------------------

@@ -53,10 +53,15 @@ def serve_command(args: argparse.Namespace) -> int:
         raise ConfigError("node serve", "--scenario", "required (the scenario file every node runs)")
     if args.peers is None:
         raise ConfigError("node serve", "--peers", "required: a YAML file mapping every node id to http://HOST:PORT")
+    from p2pgan.commands.checks import check_runnable
     from p2pgan.config import load_scenario
+    from p2pgan.ids import SERVER_ID
     from p2pgan.ui.progress import PlainProgress
 
     scenario = load_scenario(args.scenario, [*args.overrides, "transport.kind=http"])
+    checked = check_runnable(scenario)  # as `scenario run` does, before this node binds its port
+    for note in checked.notes if args.node == SERVER_ID else ():
+        print(f"p2pgan: note: {note}", file=sys.stderr, flush=True)
     code = multiprocess.serve_standalone(scenario, args.node, args.peers, _listen(args.listen), args.secret_file,
                                          args.wait_s, server_progress=PlainProgress)
     _exit_now(code)

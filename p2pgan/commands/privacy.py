@@ -19,7 +19,8 @@ import torch
 
 from p2pgan.commands.cuts import table_console
 from p2pgan.config import Scenario, load_scenario
-from p2pgan.errors import P2PGanError
+from p2pgan.config.loader import check_output_path
+from p2pgan.errors import ConfigError, P2PGanError
 from p2pgan.model.costs import profile_model
 from p2pgan.model.segments import ClientCut
 from p2pgan.privacy.audit import audit_initial, audit_trained
@@ -79,12 +80,15 @@ def privacy_command(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.file, args.overrides)
     options = privacy_options(scenario, args)
     if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+        if not 1 <= args.threads <= 4096:
+            raise ConfigError("privacy", "--threads", f"expected a whole number 1..4096, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if scenario.strategy.name in NOT_SPLIT and not options.all_cuts:
         raise P2PGanError(f"{args.file}: strategy {scenario.strategy.name} {NOT_SPLIT[scenario.strategy.name]}; "
                           "nothing the split audit plays (use --all-cuts to audit the split cuts anyway)")
     cuts = () if options.all_cuts else audited_cuts(scenario)
     out_dir = args.out if args.out is not None else scenario.results_dir / "privacy"
+    check_output_path(out_dir, "--out", source="privacy")  # before the audit trains its attackers
 
     def progress(line: str) -> None:
         print(f"privacy: {line}", file=sys.stderr, flush=True)
@@ -97,7 +101,10 @@ def privacy_command(args: argparse.Namespace) -> int:
         result = audit_trained({}, spec, domains, cuts, options, domain_weights=trained, **common)
     else:
         result = audit_initial(spec, domains, cuts, options, **common)
-    files = write_audit(result, out_dir)
+    try:
+        files = write_audit(result, out_dir)
+    except OSError as exc:
+        raise ConfigError("privacy", "--out", f"cannot write into {out_dir} ({exc.strerror or exc})") from None
     print_audit(table_console(), result)
     print(f"results: {files['md'].parent}")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from p2pgan.config.loader import check_output_path
 from p2pgan.report.figures import comparison_figure, save_figure
 from p2pgan.report.load import ResultsError, find_run_dirs, load_run
 from p2pgan.report.terminal import (comparison_plot_path, console_for_tables, run_labels, show_comparison,
@@ -45,6 +46,8 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def compare_command(args: argparse.Namespace) -> int:
+    if args.out is not None:  # before the folders are read, not after
+        check_output_path(comparison_plot_path(args.out), "--out", source="results compare", kind="file")
     folders = find_run_dirs(list(args.run_dirs))
     if len(folders) < 2:
         raise ResultsError(f"{folders[0] if folders else args.run_dirs[0]}: results compare needs at least two "

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from p2pgan.commands.cuts import scenario_plan_spec, table_console
+from p2pgan.commands.cuts import ga_params, scenario_plan_spec, table_console
 from p2pgan.config.keys import KEYS_HELP, KeySpace, parse_assignment
-from p2pgan.config.loader import read_scenario
+from p2pgan.config.loader import check_output_path, read_scenario
 from p2pgan.errors import ConfigError
-from p2pgan.sim.search import GAParams
 from p2pgan.sim.study import WhatIfGrid, parse_vary, run_whatif
 
 EXAMPLES = """examples:
@@ -59,25 +57,20 @@ def whatif_command(args: argparse.Namespace) -> int:
     if not args.vary:
         raise ConfigError("whatif", "--vary", "give at least one --vary KEY=V1,V2,... (keys: p2pgan whatif --help)")
     source = str(args.file)
+    out = args.out or (Path("runs") / f"whatif-{read_scenario(args.file).get('name', args.file.stem)}")
+    check_output_path(out, "--out", source="whatif")  # before the grid is priced, not after
     grid = WhatIfGrid(args.file, sets=tuple(parse_assignment(text, source=source) for text in args.overrides),
                       varies=tuple(parse_vary(text) for text in args.vary), plan=args.plan,
-                      topology=args.topology, ga=ga_params(args.generations, args.population))
+                      topology=args.topology, ga=ga_params(args.generations, args.population, "whatif"))
     rows = run_whatif(grid, lambda scenario, setting: scenario_plan_spec(scenario, setting, None))
     keys = [kv.key for kv in grid.varies]
-    out = args.out or (Path("runs") / f"whatif-{read_scenario(args.file).get('name', args.file.stem)}")
-    csv_path, png_path = write_outputs(rows, keys, out)
+    try:
+        csv_path, png_path = write_outputs(rows, keys, out)
+    except OSError as exc:
+        raise ConfigError("whatif", "--out", f"cannot write into {out} ({exc.strerror or exc})") from None
     print_rows(table_console(), rows, keys)
     print(f"wrote {csv_path} and {png_path}")
     return 0
-
-
-def ga_params(generations: int | None, population: int | None) -> GAParams:
-    ga = GAParams()
-    if generations is not None:
-        ga = dataclasses.replace(ga, generations=generations)
-    if population is not None:
-        ga = dataclasses.replace(ga, population=population)
-    return ga
 
 
 def list_keys(file: Path, topology: Path | None) -> int:

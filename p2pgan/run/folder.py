@@ -81,6 +81,7 @@ def claim_results_dir(path: Path, *, force: bool, resume: bool, key: str = "outp
     if resume and not path.is_dir():
         raise ConfigError(where, key, f"{path} does not exist (nothing to resume)")
     used_before = any((path / marker).exists() for marker in RUN_MARKERS)  # before our lock file exists
+    lock_existed = (path / LOCK_NAME).exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -111,6 +112,10 @@ def claim_results_dir(path: Path, *, force: bool, resume: bool, key: str = "outp
                                               "(no summary.json or config.json); refusing to clear it")
             _clear(path, contents, where, key)
     except BaseException:
+        if not lock_existed:
+            # A refused claim leaves the folder as it found it: a lock file of ours would mark
+            # a user's folder as a run's, and a later --force would empty it.
+            (path / LOCK_NAME).unlink(missing_ok=True)
         claim.release()
         raise
     return claim

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from p2pgan.config.privacy import CutPrivacyBudget, Leakage
+from p2pgan.config.yamlfile import read_text_file
 from p2pgan.errors import ConfigError
 from p2pgan.model.segments import ClientCut
 
@@ -117,9 +118,7 @@ def leakage_from_mapping(raw: Any, source: str) -> dict[ClientCut, Leakage]:
 def load_leakage(path: Path) -> dict[ClientCut, Leakage]:
     """A leakage table from a JSON file (see :func:`leakage_from_mapping`)."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read ({exc.strerror or exc})") from None
+        raw = json.loads(read_text_file(Path(path), "leakage"))  # UTF-8, bounded, one-line errors
     except json.JSONDecodeError as exc:
         raise ConfigError(str(path), "", f"malformed JSON (line {exc.lineno}: {exc.msg})") from None
     return leakage_from_mapping(raw, str(path))

@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from p2pgan.ids import SERVER_ID
+from p2pgan.config.schema import SEED_MAX
 from p2pgan.config.yamlfile import load_yaml_mapping
 from p2pgan.resources import resource_path
 from p2pgan.errors import ConfigError
@@ -50,6 +51,8 @@ PerCycle = Annotated[float, _quantity("count"), Field(gt=0)]
 Bytes = Annotated[float, _quantity("bytes"), Field(gt=0)]
 
 _STRICT = ConfigDict(extra="forbid")
+MAX_CORES = 1_000_000
+"""Counts are strict whole numbers (``cores: yes`` is not 1 core) and bounded (rates stay finite)."""
 
 
 class _LinkModel(BaseModel):
@@ -71,7 +74,7 @@ class _ProfileModel(BaseModel):
     model_config = _STRICT
     clock_hz: Hz
     flops_per_cycle: PerCycle
-    cores: int = Field(default=1, ge=1)
+    cores: int = Field(default=1, ge=1, le=MAX_CORES, strict=True)
     link: Union[str, _LinkModel, None] = None
     memory_bytes: Optional[Bytes] = None
 
@@ -80,7 +83,7 @@ class _ServerModel(BaseModel):
     model_config = _STRICT
     clock_hz: Hz
     flops_per_cycle: PerCycle
-    cores: int = Field(default=1, ge=1)
+    cores: int = Field(default=1, ge=1, le=MAX_CORES, strict=True)
     via: list[str] = Field(default_factory=list)
 
 
@@ -91,7 +94,7 @@ class _AssignmentModel(BaseModel):
     clients: Optional[dict[str, str]] = None
     default: Optional[str] = None
     weights: Optional[dict[str, Annotated[float, Field(ge=0)]]] = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, strict=True)
 
 
 class _TopologyModel(BaseModel):

@@ -156,12 +156,12 @@ def cohort_worker(clients: int, width: float, batch: int, reps: int, warmup: int
     return timed(times[warmup:], base)
 
 
-def mono_worker(clients: int, width: float, batch: int, reps: int, warmup: int, device: str = "cpu") -> dict:
+def mono_models(clients: int, width: float, batch: int, device: str = "cpu") -> list[tuple]:
+    """Per client: whole G and D as plain modules, their Adams and ``4 * batch`` examples."""
     from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, ModelSpec, build_initial_blocks
     from p2pgan.model.segments import Segment
 
     spec = ModelSpec(width=width)
-    base = peak_rss_mb()
     models = []
     for i in range(clients):
         blocks = build_initial_blocks(spec, seed=0)
@@ -171,28 +171,38 @@ def mono_worker(clients: int, width: float, batch: int, reps: int, warmup: int, 
         data = type(data)(data.images.to(device), data.labels.to(device))
         models.append((g, d, torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999)),
                        torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999)), data))
-    gen = torch.Generator().manual_seed(0)
+    return models
+
+
+def mono_iteration(models: list[tuple], batch: int, width: float, gen: torch.Generator, device: str = "cpu") -> None:
+    """Every client's G forward, D step and G step in turn: one client's graphs alive at a time."""
+    from p2pgan.model.blocks import ModelSpec
+
+    z_dim = ModelSpec(width=width).z_dim
     ones, zeros = torch.ones(batch, 1, device=device), torch.zeros(batch, 1, device=device)
+    for g, d, g_opt, d_opt, data in models:
+        idx = torch.randperm(len(data), generator=gen)[:batch].to(device)
+        real, labels = data.images[idx], data.labels[idx]
+        z = torch.randn(batch, z_dim, generator=gen).to(device)
+        fake = g(z, labels)
+        d_opt.zero_grad(set_to_none=True)
+        d_loss = (F.binary_cross_entropy(d(fake.detach(), labels), zeros)
+                  + F.binary_cross_entropy(d(real, labels), ones))
+        d_loss.backward()
+        d_opt.step()
+        g_opt.zero_grad(set_to_none=True)
+        F.binary_cross_entropy(d(fake, labels), ones).backward()
+        g_opt.step()
 
-    def iteration() -> None:
-        for g, d, g_opt, d_opt, data in models:
-            idx = torch.randperm(len(data), generator=gen)[:batch].to(device)
-            real, labels = data.images[idx], data.labels[idx]
-            z = torch.randn(batch, spec.z_dim, generator=gen).to(device)
-            fake = g(z, labels)
-            d_opt.zero_grad(set_to_none=True)
-            d_loss = (F.binary_cross_entropy(d(fake.detach(), labels), zeros)
-                      + F.binary_cross_entropy(d(real, labels), ones))
-            d_loss.backward()
-            d_opt.step()
-            g_opt.zero_grad(set_to_none=True)
-            F.binary_cross_entropy(d(fake, labels), ones).backward()
-            g_opt.step()
 
+def mono_worker(clients: int, width: float, batch: int, reps: int, warmup: int, device: str = "cpu") -> dict:
+    base = peak_rss_mb()
+    models = mono_models(clients, width, batch, device)
+    gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(warmup + reps):
         start = clocks()
-        iteration()
+        mono_iteration(models, batch, width, gen, device)
         sync(device)
         times.append(elapsed(start))
     return timed(times[warmup:], base)

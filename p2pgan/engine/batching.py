@@ -1,5 +1,13 @@
 """The server's batched middle: every block once, over the concatenated batches of the clients
-that pass through it, in client-id order (what keeps every engine and transport bit-identical)."""
+that pass through it, in client-id order (what keeps every engine and transport bit-identical).
+
+Memory (the numbers are the same; see :mod:`p2pgan.model.recompute`): a block whose users are
+the previous block's users takes that block's output as it is (a concatenation of its
+consecutive slices would be the same tensor again, copied); where the users change, the
+concatenation a block's first layer keeps for its backward is kept as its pieces (the previous
+output's slices and the clients' uploaded leaves, which the graph holds anyway); and a block
+whose whole output goes on to the next block keeps it as its recipe.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+
+from p2pgan.model.recompute import SavedTensors
 
 
 @dataclass
@@ -23,16 +33,29 @@ def run_middle(blocks: Mapping[str, torch.nn.Module], block_names: tuple[str, ..
                keep: str | None = None) -> BatchedPass:
     """``server_parts``: per client, in id order, the blocks the server runs for it."""
     done = BatchedPass()
-    for name in block_names:
-        users = [c for c, part in server_parts.items() if name in part]
-        if not users:
-            continue
-        inputs = [done.flowing.get(c, leaves[c]) for c in users]
-        sizes = [x.shape[0] for x in inputs]
-        out = blocks[name](torch.cat(inputs) if len(inputs) > 1 else inputs[0])
-        for c, chunk in zip(users, out.split(sizes)):
-            done.flowing[c] = chunk
-            if name == keep:
-                done.kept[c] = chunk
-        done.samples_per_block[name] = sum(sizes)
+    users_of = {name: [c for c, part in server_parts.items() if name in part] for name in block_names}
+    order = [name for name in block_names if users_of[name]]
+    previous: tuple[list[str], torch.Tensor] | None = None
+    with SavedTensors() as saved:
+        for i, name in enumerate(order):
+            users = users_of[name]
+            inputs = [done.flowing.get(c, leaves[c]) for c in users]
+            sizes = [x.shape[0] for x in inputs]
+            # Only an output that the next block takes whole (and no client takes away) may be
+            # rebuilt: any slice that leaves is held, and with it the whole tensor.
+            saved.offering = i + 1 < len(order) and users_of[order[i + 1]] == users
+            if previous is not None and previous[0] == users:
+                out = blocks[name](previous[1])
+            elif len(inputs) == 1:
+                out = blocks[name](inputs[0])
+            else:
+                batched = torch.cat(inputs)
+                saved.add_pieces(batched, inputs)
+                out = blocks[name](batched)
+            for c, chunk in zip(users, out.split(sizes)):
+                done.flowing[c] = chunk
+                if name == keep:
+                    done.kept[c] = chunk
+            done.samples_per_block[name] = sum(sizes)
+            previous = (users, out)
     return done

@@ -4,17 +4,28 @@ It runs the same :class:`~p2pgan.plan.program.Program` as the node pair in
 :mod:`p2pgan.engine.client` and :mod:`p2pgan.engine.server`, with the same numbers:
 
 * every client keeps its own blocks, its own random stream (``node_seed``) and batch sampler,
-  and its own Adam state (one foreach Adam per network holds every client's parameters; Adam's
-  state is per parameter, and the foreach kernels equal the per-tensor ones bit for bit);
+  and its own Adam state (one foreach Adam per network holds the parameters of every client
+  that runs with it; Adam's state is per parameter, and the foreach kernels equal the
+  per-tensor ones bit for bit);
 * client blocks see only their client's batch (BatchNorm statistics per client); every server
   block runs once over the concatenation of its users' batches in client-id order;
 * each message boundary is a graph cut (``detach``) where a node would have received a copy,
   so every backward runs the same autograd calls in the same order.
 
 What it drops is the transport: no message copies, no event-loop hops, no per-message
-bookkeeping. Per-client kernels stay per client: on the CPU they beat stacked (grouped)
-kernels for this model (docs/design.md §4), and equality with the node engine needs the same
-kernels on the same shapes (see :mod:`p2pgan.engine.execution`).
+bookkeeping. Memory follows the monolithic loop where the program allows it: clients that never
+meet the server (full-local ones) run their iteration one at a time, so only one of them holds
+its graphs at once; the clients that meet at the server run together (the server's batches
+need all of them), except that of a pair of forwards whose summed loss one backward serves
+(D on fake and on real), each forward is back-propagated before the next one runs, so only one
+of them holds its graph at a time; each forward's tensors go once its backward has run; and a network's
+gradients go once its optimizer step has used them and are not computed again until its next
+reset, where the program resets them before anything reads them again (U-shaped: D's gradients
+from the G step's pass through D are never computed), so the numbers are the same.
+
+Per-client kernels stay per client: on the CPU they beat stacked (grouped) kernels for this
+model (docs/design.md §4), and equality with the node engine needs the same kernels on the
+same shapes (see :mod:`p2pgan.engine.execution`).
 
 It publishes what the nodes publish (compute and transfer events with the same message ids
 and bytes, every client's losses, the server's ``RoundAggregated``), so the latency files and
@@ -32,10 +43,11 @@ import torch
 from p2pgan.bus import EventBus
 from p2pgan.engine.client import BatchSampler
 from p2pgan.engine.loops import RoundCheckpoint, RoundLosses
-from p2pgan.engine.state import (NodeState, blocks_state, copy as state_copy, generator_state, load_blocks,
-                                 load_generator)
+from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, copy as state_copy, generator_state,
+                                 load_blocks, load_generator)
 from p2pgan.engine.cohort_port import CohortPort
 from p2pgan.engine.cohort_state import load_optimizer_share, optimizer_share
+from p2pgan.engine.gradients import GradientUse
 from p2pgan.engine.execution import KernelPolicy, place_blocks
 from p2pgan.errors import P2PGanError
 from p2pgan.ids import SERVER_ID
@@ -125,6 +137,66 @@ class _ServerGraph:
     samples_per_block: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Clients that execute one iteration together, with the optimizers over their parameters.
+
+    The clients that pass through the server form one group with the server's parameters; a
+    client that never does is a group of its own.
+    """
+
+    clients: tuple[_Client, ...]
+    optimizers: dict[str, torch.optim.Optimizer | None]
+    through: dict[str, tuple[_Client, ...]]
+    """Per network, the group's clients that pass through the server."""
+
+
+@dataclass(frozen=True)
+class _Paired:
+    """Two forward trips of one network, a loss that sums one term of each, that network's
+    gradient reset, and the one backward trip over both (U-shaped: D on fake and on real).
+
+    The cohort runs it as: the reset, then per forward trip its forward, its term and that
+    term's backward. The numbers are the same: the running statistics see the forwards in the
+    same order, the weights do not move before both backwards, the loss's backward hands each
+    term the gradient 1, and every parameter gets one contribution from each trip, whose sum
+    does not depend on the order of two terms. (Three or more trips could be summed in
+    another order, so they run as written.) What it reports is the program's order
+    (:meth:`CohortPort.in_program_order`), with the backward as the one trip it is.
+    """
+
+    forward: Exchange
+    loss: Local
+    reset: Local
+    backward: RoundTrip
+    end: int
+    """The index of the program step after the backward's exchange."""
+
+
+def paired_passes(program: Program, discarded: frozenset[str]) -> dict[int, _Paired]:
+    """The program's :class:`_Paired` stretches, by the index of their forward exchange. The
+    reset moves before the forwards, so the network's gradients must be unread there: its
+    optimizer step must be ``discarded`` (:func:`~p2pgan.engine.gradients.discarded_after_step`)."""
+    steps, found = program.iteration, {}
+    for i, step in enumerate(steps[:-3]):
+        if not (isinstance(step, Exchange) and len(step.trips) == 2 and all(t.direction == FWD for t in step.trips)):
+            continue
+        network = step.trips[0].network
+        between, after = steps[i + 1:i + 3], steps[i + 3]
+        losses = [a for a in between if isinstance(a, Local) and a.action is LocalAction.LOSS]
+        resets = [a for a in between if isinstance(a, Local) and a.action is LocalAction.ZERO_GRAD
+                  and a.network is network]
+        if (network.name not in discarded or any(t.network is not network for t in step.trips)
+                or len(losses) != 1 or len(resets) != 1 or not isinstance(after, Exchange) or len(after.trips) != 1):
+            continue
+        back = after.trips[0]
+        if (back.direction == BWD and back.network is network and back.source == losses[0].name
+                and {phase for _, phase in back.grad_of} == {t.phase for t in step.trips}
+                and [result for result, _ in losses[0].terms] == [t.result for t in step.trips]):
+            found[i] = _Paired(step, losses[0], resets[0], back, i + 4)
+    return found
+
+
 def check_program(program: Program) -> None:
     """The cohort engine executes client-first programs (Exchange and Local steps) only."""
     for step in program.iteration:
@@ -156,9 +228,14 @@ class CohortEngine:
                                         plan.schedule.batch_size, device))
         self.server_blocks = {name: template[name] for name in plan.server_blocks()}
         place_blocks(self.server_blocks, self.policy)
-        self._optimizers = {net.name: self._optimizer(net) for net in NETWORKS}
-        self._through = {net.name: tuple(c for c in self.clients if network_split(c.plan.split, net).server)
-                         for net in NETWORKS}
+        meeting = tuple(c for c in self.clients if c.plan.split.server_blocks)
+        self._groups = [self._group(meeting, with_server=True)] if meeting else []
+        self._groups += [self._group((c,), with_server=False) for c in self.clients if not c.plan.split.server_blocks]
+        self._group_of = {c.id: group for group in self._groups for c in group.clients}
+        # Without a client that meets it the server holds no block, hence no optimizer.
+        self._server_optimizers = self._groups[0].optimizers if meeting else {net.name: None for net in NETWORKS}
+        self._gradients = GradientUse(program)
+        self._paired = paired_passes(program, self._gradients.discarded)
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
         self._port = CohortPort(bus, setup.costs)
@@ -166,14 +243,25 @@ class CohortEngine:
     def _server_params(self, network: NetworkDef) -> list[torch.nn.Parameter]:
         return [p for n, b in self.server_blocks.items() if n in network.block_names for p in b.parameters()]
 
-    def _optimizer(self, network: NetworkDef) -> torch.optim.Optimizer | None:
-        params = [p for c in self.clients for p in c.params(network)] + self._server_params(network)
-        optimizer = self._setup.adam(params)
+    def _group(self, clients: tuple[_Client, ...], with_server: bool) -> _Group:
+        return _Group(clients, {net.name: self._optimizer(clients, net, with_server) for net in NETWORKS},
+                      {net.name: tuple(c for c in clients if network_split(c.plan.split, net).server)
+                       for net in NETWORKS})
+
+    def _optimizer(self, clients: tuple[_Client, ...], network: NetworkDef,
+                   with_server: bool) -> torch.optim.Optimizer | None:
+        params = [p for c in clients for p in c.params(network)]
+        optimizer = self._setup.adam(params + (self._server_params(network) if with_server else []))
         if optimizer is not None:
-            # One multi-tensor update over the whole cohort; per element the same arithmetic.
+            # One multi-tensor update over the group; per element the same arithmetic.
             for group in optimizer.param_groups:
                 group["foreach"] = True
+            allocate_adam_state(optimizer)
         return optimizer
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """Every optimizer the engine steps (one per network and group)."""
+        return [o for group in self._groups for o in group.optimizers.values() if o is not None]
 
     # -- the schedule ---------------------------------------------------------------------------
 
@@ -199,25 +287,119 @@ class CohortEngine:
 
     def iteration(self, round_: int, step: int) -> list[ClientLosses]:
         self._port.at(round_, step)
-        its = {c.id: self._draw(c) for c in self.clients}
+        values: dict[str, list[torch.Tensor]] = {}
+        for group in self._groups:
+            values.update(self._group_iteration(group))
+        return self._losses(round_, step, values)
+
+    def _group_iteration(self, group: _Group) -> dict[str, list[torch.Tensor]]:
+        """One iteration of the program for ``group``; returns each client's loss values."""
+        its = {c.id: self._draw(c) for c in group.clients}
         graphs: dict[Phase, _ServerGraph] = {}
-        for action in self._program.iteration:
-            if isinstance(action, Exchange):
+        self._gradients.start_iteration()
+        steps, index = self._program.iteration, 0
+        while index < len(steps):
+            action, paired = steps[index], self._paired.get(index)
+            index += 1
+            if paired is not None and paired.backward.network.name in self._gradients.idle:
+                self._paired_passes(group, paired, its)
+                index = paired.end
+            elif isinstance(action, Exchange):
                 for trip in action.trips:
-                    for client in self.clients:
+                    for client in group.clients:
                         self._client_up(client, trip, its[client.id])
                 for trip in action.trips:
-                    through = self._through[trip.network.name]
+                    through = group.through[trip.network.name]
                     if trip.direction == FWD:
                         graphs[trip.phase] = self._server_forward(trip, through, its)
                     else:
-                        self._server_backward(trip, through, {name: graphs[phase] for name, phase in trip.grad_of}, its)
+                        self._server_backward(trip, through, {name: graphs.pop(phase) for name, phase in trip.grad_of},
+                                              its)
                 for trip in action.trips:
-                    for client in self.clients:
+                    for client in group.clients:
                         self._client_down(client, trip, its[client.id])
             elif isinstance(action, Local):
-                self._local(action, its)
-        return self._losses(round_, step, its)
+                self._local(action, its, group.optimizers)
+        return {cid: [(it.terms[name] if name in ("d_real", "d_fake") else it.losses[name]).detach()
+                      for name in LOSS_NAMES] for cid, it in its.items()}
+
+    def _paired_passes(self, group: _Group, paired: _Paired, its: dict[str, _ClientIteration]) -> None:
+        """``paired`` one forward at a time (see :class:`_Paired`)."""
+        back, network = paired.backward, paired.backward.network
+        through = group.through[network.name]
+        self._local(paired.reset, its, group.optimizers)  # nothing reached these gradients since the step
+        up_bytes = {c.id: 0 for c in through}
+        down_bytes = dict(up_bytes)
+        served: dict[Phase, tuple[dict[str, int], int]] = {}
+        """Per trip, what the server's report needs of its graph: samples per block, batch."""
+        with self._port.in_program_order():
+            for k, trip in enumerate(paired.forward.trips):
+                self._port.position = (0, k)
+                for client in group.clients:
+                    self._client_up(client, trip, its[client.id])
+                self._port.position = (1, k)
+                graph = self._server_forward(trip, through, its)
+                self._port.position = (2, k)
+                for client in group.clients:
+                    self._client_down(client, trip, its[client.id])
+                term = Local(LocalAction.LOSS, name=trip.result, terms=((trip.result, dict(paired.loss.terms)[trip.result]),))
+                for client in group.clients:  # this trip's term and its backward down to the upload
+                    it = its[client.id]
+                    torch.autograd.backward(compute_loss(term, it.tensors, it.terms), inputs=self._wanted(client, it))
+                for client in through:
+                    up_bytes[client.id] += _nbytes(its[client.id].passes[trip.phase].tail_in.grad)
+                if through:
+                    wanted = self._gradients.live_params(self._server_params)
+                    torch.autograd.backward([graph.outputs[c.id] for c in through],
+                                            [its[c.id].passes[trip.phase].tail_in.grad for c in through],
+                                            inputs=wanted + list(graph.leaves.values()))
+                for client in through:
+                    it, grad = its[client.id], graph.leaves[client.id].grad
+                    down_bytes[client.id] += _nbytes(grad)
+                    torch.autograd.backward([it.passes[trip.phase].head_out], [grad], inputs=self._wanted(client, it))
+                served[trip.phase] = (graph.samples_per_block, sum(x.shape[0] for x in graph.leaves.values()))
+                del graph
+                for client in group.clients:
+                    self._forget_pass(trip.phase, its[client.id])
+        for it in its.values():
+            total = None
+            for result, _ in paired.loss.terms:
+                total = it.terms[result] if total is None else total + it.terms[result]
+            it.losses[paired.loss.name] = total
+        self._report_backward(group, back, its, [served[phase] for _, phase in back.grad_of], up_bytes, down_bytes)
+
+    def _report_backward(self, group: _Group, back: RoundTrip, its: dict[str, _ClientIteration],
+                         served: list[tuple[dict[str, int], int]], up_bytes: dict[str, int],
+                         down_bytes: dict[str, int]) -> None:
+        """What ``back`` run as one trip reports: every client's first backward and upload, the
+        server's batched backward and downloads, every client's backward down its head."""
+        through = group.through[back.network.name]
+        up: dict[str, str] = {}
+        for client in group.clients:
+            split = client.split(back)
+            self._computed(client.id, back.before.blocks(split, back.network), back.phase, BWD,
+                           back.samples * its[client.id].batch)
+            if split.server:
+                up[client.id] = self._port.sent(back.kind, client.id, SERVER_ID, back.phase, nbytes=up_bytes[client.id])
+        down: dict[str, str] = {}
+        if through:
+            for client in through:
+                self._port.received(SERVER_ID, up[client.id])
+            samples: dict[str, int] = {}
+            for per_block, _ in served:
+                for name, count in per_block.items():
+                    samples[name] = samples.get(name, 0) + count
+            batch = sum(count for _, count in served)
+            self._port.computed(SERVER_ID, tuple(samples), back.phase, BWD, batch, self._flops(samples, BWD))
+            for client in through:
+                down[client.id] = self._port.sent(back.kind, SERVER_ID, client.id, back.phase,
+                                                  nbytes=down_bytes[client.id])
+        for client in group.clients:
+            split = client.split(back)
+            if split.server:
+                self._port.received(client.id, down[client.id])
+                self._computed(client.id, back.after.blocks(split, back.network), back.phase, BWD,
+                               back.samples * its[client.id].batch)
 
     def federate(self, round_: int, losses: dict[str, dict[str, float]]) -> FederationResult:
         """Every client's blocks up, the strategy's aggregate, everyone loads its share."""
@@ -236,7 +418,7 @@ class CohortEngine:
             round=round_,
             updates=updates,
             server_blocks={name: _host_copy(float_state(block)) for name, block in self.server_blocks.items()},
-            features={cid: feature.cpu() for cid, feature in self._features.items()},
+            features={cid: feature.to("cpu", copy=True) for cid, feature in self._features.items()},
             num_domains=self._num_domains,
             block_order=tuple(name for net in NETWORKS for name in net.block_names),
         )
@@ -261,13 +443,14 @@ class CohortEngine:
         """Every node's state in the node engine's names: the server, then each client."""
         server = {**blocks_state(self.server_blocks)}
         for net in NETWORKS:
-            server.update(optimizer_share(net.name, self._optimizers[net.name], self._server_params(net)))
+            server.update(optimizer_share(net.name, self._server_optimizers[net.name], self._server_params(net)))
         server.update({f"features/{cid}": state_copy(t) for cid, t in self._features.items()})
         states = {SERVER_ID: _on_host(NodeState(SERVER_ID, server))}
         for client in self.clients:
             tensors = {**blocks_state(client.blocks)}
+            optimizers = self._group_of[client.id].optimizers
             for net in NETWORKS:
-                tensors.update(optimizer_share(net.name, self._optimizers[net.name], client.params(net)))
+                tensors.update(optimizer_share(net.name, optimizers[net.name], client.params(net)))
             tensors.update(generator_state("node", client.generator))
             tensors.update(client.sampler.state())
             states[client.id] = _on_host(NodeState(client.id, tensors))
@@ -278,14 +461,15 @@ class CohortEngine:
         server = states[SERVER_ID]
         load_blocks(server, self.server_blocks)
         for net in NETWORKS:
-            load_optimizer_share(server, net.name, self._optimizers[net.name], self._server_params(net))
+            load_optimizer_share(server, net.name, self._server_optimizers[net.name], self._server_params(net))
         device = self.policy.device
         self._features = {cid: t.to(device).clone() for cid, t in server.under("features").items()}
         for client in self.clients:
             state = states[client.id]
             load_blocks(state, client.blocks)
+            optimizers = self._group_of[client.id].optimizers
             for net in NETWORKS:
-                load_optimizer_share(state, net.name, self._optimizers[net.name], client.params(net))
+                load_optimizer_share(state, net.name, optimizers[net.name], client.params(net))
             load_generator(state, "node", client.generator)
             client.sampler.load_state(state)
 
@@ -310,7 +494,7 @@ class CohortEngine:
                 self._upload(client, trip, it, {"act": head_out.detach()})
             return
         if trip.source is not None:
-            it.losses[trip.source].backward()
+            torch.autograd.backward(it.losses[trip.source], inputs=self._wanted(client, it))
         self._computed(client.id, trip.before.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.batch)
         if split.server:
             self._upload(client, trip, it, {name: it.passes[phase].tail_in.grad for name, phase in trip.grad_of})
@@ -323,24 +507,42 @@ class CohortEngine:
                 done.tail_in = self._download(client, trip, it)["act"].requires_grad_(True)
             it.tensors[trip.result] = self._run(client, split.tail, trip.phase, done.tail_in, it.labels)
             return
-        if not split.server:
-            return
-        grads = self._download(client, trip, it)
-        torch.autograd.backward([it.passes[phase].head_out for _, phase in trip.grad_of],
-                                [grads[name] for name, _ in trip.grad_of])
-        self._computed(client.id, trip.after.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.batch)
+        if split.server:
+            grads = self._download(client, trip, it)
+            torch.autograd.backward([it.passes[phase].head_out for _, phase in trip.grad_of],
+                                    [grads[name] for name, _ in trip.grad_of], inputs=self._wanted(client, it))
+            self._computed(client.id, trip.after.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.batch)
+        self._forget_graphs(trip, it)
 
-    def _local(self, action: Local, its: dict[str, _ClientIteration]) -> None:
+    def _forget_graphs(self, trip: RoundTrip, it: _ClientIteration) -> None:
+        """After ``trip``'s backward: its forwards' ends go, and their results and the loss keep
+        their values only. A graph node outlives its backward for as long as a tensor made by it
+        does, and holds the leaves it feeds (here: received activations, views of the server's
+        whole batch) until then."""
+        for _, phase in trip.grad_of:
+            self._forget_pass(phase, it)
+        if trip.source is not None:
+            it.losses[trip.source] = it.losses[trip.source].detach()
+
+    def _forget_pass(self, phase: Phase, it: _ClientIteration) -> None:
+        del it.passes[phase]
+        result = self._program.trip(phase).result
+        it.tensors[result] = it.tensors[result].detach()
+        if result in it.terms:
+            it.terms[result] = it.terms[result].detach()
+
+    def _local(self, action: Local, its: dict[str, _ClientIteration],
+               optimizers: dict[str, torch.optim.Optimizer | None]) -> None:
         if action.action is LocalAction.LOSS:
             for it in its.values():
                 it.losses[action.name] = compute_loss(action, it.tensors, it.terms)
             return
-        apply_optimizer_action(action, self._optimizers)
+        apply_optimizer_action(action, optimizers)
+        self._gradients.after(action, optimizers)
 
-    def _losses(self, round_: int, step: int, its: dict[str, _ClientIteration]) -> list[ClientLosses]:
+    def _losses(self, round_: int, step: int, by_client: dict[str, list[torch.Tensor]]) -> list[ClientLosses]:
         # One device-to-host copy for the whole cohort (a ``.item()`` each would sync per value).
-        values = torch.stack([its[c.id].terms[name] if name in ("d_real", "d_fake") else its[c.id].losses[name]
-                              for c in self.clients for name in LOSS_NAMES]).tolist()
+        values = torch.stack([v for c in self.clients for v in by_client[c.id]]).tolist()
         out = []
         for i, client in enumerate(self.clients):
             d_real, d_fake, d_loss, g_loss = values[4 * i:4 * i + 4]
@@ -361,8 +563,14 @@ class CohortEngine:
                             {c.id: network_split(c.plan.split, net).server for c in clients}, graph.leaves,
                             self._feature_block if trip.features else None)
         flowing = middle.flowing
-        # A copy: a view would keep the whole batched output alive until the next pass.
-        self._features.update({c: chunk.detach().clone() for c, chunk in middle.kept.items()})
+        # A copy (a view would keep the whole batched output alive until the next pass), into the
+        # previous one's place: made anew, it would land mid-iteration and stay there.
+        for c, chunk in middle.kept.items():
+            kept = self._features.get(c)
+            if kept is not None and kept.shape == chunk.shape:
+                kept.copy_(chunk.detach())
+            else:
+                self._features[c] = chunk.detach().clone()
         graph.samples_per_block.update(middle.samples_per_block)
         self._port.computed(SERVER_ID, tuple(graph.samples_per_block), phase, FWD,
                             sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))
@@ -381,7 +589,9 @@ class CohortEngine:
             for name, graph in graphs.items():
                 outputs.append(graph.outputs[client.id])
                 grads.append(received[name])
-        torch.autograd.backward(outputs, grads)
+        wanted = self._gradients.live_params(self._server_params)
+        wanted += [leaf for graph in graphs.values() for leaf in graph.leaves.values()]
+        torch.autograd.backward(outputs, grads, inputs=wanted)
         samples: dict[str, int] = {}
         for graph in graphs.values():
             for name, count in graph.samples_per_block.items():
@@ -414,6 +624,12 @@ class CohortEngine:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def _wanted(self, client: _Client, it: _ClientIteration) -> list[torch.Tensor]:
+        """What a client's backward must reach: the parameters of the networks whose gradients
+        are read, and the graph-cut leaves (received tensors) whose gradients go up later."""
+        return self._gradients.live_params(client.params) + [p.tail_in for p in it.passes.values()
+                                                             if p.tail_in is not p.head_out]
+
     def _run(self, client: _Client, names: tuple[str, ...], phase: Phase, x: torch.Tensor,
              labels: torch.Tensor) -> torch.Tensor:
         if not names:
@@ -429,6 +645,10 @@ class CohortEngine:
     def _flops(self, samples_per_block: dict[str, int], direction: str) -> float:
         costs = self._setup.costs
         return sum(costs.flops((name,), direction) * n for name, n in samples_per_block.items())
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _on_host(state: NodeState) -> NodeState:

@@ -6,11 +6,16 @@ its program order, each compute listing the messages the node received since its
 compute. This port keeps one such list per node and publishes the same
 :class:`ComputeEvent` and :class:`TransferEvent` values (same message ids and payload bytes) a
 node engine run publishes, so both runs are priced identically.
+
+Where the cohort computes a stretch of the program in another order than the program's (see
+:meth:`CohortPort.in_program_order`), it tags what it reports with program positions and the
+port publishes it sorted by them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -24,31 +29,60 @@ class CohortPort:
     def __init__(self, bus: EventBus, costs: ModelCosts) -> None:
         self.round = 0
         self.step = 0
+        self.position: tuple[int, ...] = ()
+        """Where in the program what is reported now belongs (inside :meth:`in_program_order`)."""
         self._bus = bus
         self._costs = costs
         self._consumed: dict[str, list[str]] = {}
+        self._held: list[tuple[tuple[int, ...], int, Callable[[], None]]] | None = None
 
     def at(self, round_: int, step: int) -> None:
         self.round, self.step = round_, step
 
-    def sent(self, kind: MessageKind, src: str, dst: str, phase: Phase, tensors: Iterable[torch.Tensor]) -> str:
-        """A message of ``tensors`` left ``src`` for ``dst``; returns its id for :meth:`received`."""
+    def sent(self, kind: MessageKind, src: str, dst: str, phase: Phase, tensors: Iterable[torch.Tensor] = (),
+             nbytes: int | None = None) -> str:
+        """A message of ``tensors`` (or of ``nbytes``) left ``src`` for ``dst``; returns its id for
+        :meth:`received`."""
         msg_id = str(MessageKey(kind, src, dst, self.round, self.step, phase))
-        nbytes = sum(t.numel() * t.element_size() for t in tensors)
-        self._bus.publish(TransferEvent(msg_id, src, dst, kind.value, self.round, self.step, phase.value, nbytes))
+        if nbytes is None:
+            nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        event = TransferEvent(msg_id, src, dst, kind.value, self.round, self.step, phase.value, nbytes)
+        self._report(lambda: self._bus.publish(event))
         return msg_id
 
     def received(self, node: str, msg_id: str) -> None:
-        self._consumed.setdefault(node, []).append(msg_id)
+        self._report(lambda: self._consumed.setdefault(node, []).append(msg_id))
 
     def computed(self, node: str, blocks: tuple[str, ...], phase: Phase, direction: str, batch: int,
                  flops: float | None = None) -> None:
         """As :meth:`NodePort.computed`: ``flops`` defaults to the blocks' per-sample cost x batch."""
         if flops is None:
             flops = self._costs.flops(blocks, direction) * batch if blocks else 0.0
-        consumed = tuple(self._consumed.pop(node, ()))
-        self._bus.publish(ComputeEvent(node, self.round, self.step, phase.value, direction, tuple(blocks),
-                                       batch, float(flops), consumed))
+        round_, step = self.round, self.step
+
+        def publish() -> None:
+            consumed = tuple(self._consumed.pop(node, ()))
+            self._bus.publish(ComputeEvent(node, round_, step, phase.value, direction, tuple(blocks), batch,
+                                           float(flops), consumed))
+        self._report(publish)
 
     def forget_received(self, node: str) -> None:
         self._consumed.pop(node, None)
+
+    @contextmanager
+    def in_program_order(self) -> Iterator[None]:
+        """Hold what is reported meanwhile and publish it sorted by :attr:`position` (then by
+        report order): the order the program, and a node engine, would have reported it in."""
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            for _, _, publish in sorted(held, key=lambda entry: entry[:2]):
+                publish()
+
+    def _report(self, publish: Callable[[], None]) -> None:
+        if self._held is None:
+            publish()
+        else:
+            self._held.append((self.position, len(self._held), publish))

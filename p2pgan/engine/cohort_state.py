@@ -56,3 +56,4 @@ def load_optimizer_share(state: NodeState, network: str, optimizer: torch.optim.
             # As torch's load_state_dict: the step stays as saved, moments follow the parameter.
             entry[key] = tensor.clone() if key == "step" else tensor.to(param.device, param.dtype).clone()
         optimizer.state[param] = entry
+

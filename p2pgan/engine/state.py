@@ -55,6 +55,32 @@ def optimizers_state(optimizers: Mapping[str, torch.optim.Optimizer | None]) -> 
     return tensors
 
 
+def allocate_adam_state(optimizer: torch.optim.Optimizer | None) -> None:
+    """Adam's per-parameter state (step 0, zero moments) made now, as its first step would make it.
+
+    The numbers are the same; where they live is not. Made lazily, the moments are allocated in
+    the middle of the first iteration, wherever the heap has room between that iteration's
+    activations, and stay there for the run: every later iteration packs its activations around
+    them, and the heap grows by what no longer fits. Made before any activation, they sit with
+    the parameters.
+    """
+    if not isinstance(optimizer, torch.optim.Adam):
+        return
+    for group in optimizer.param_groups:
+        if group["fused"] or group["capturable"]:
+            return  # those keep ``step`` on the device; let Adam make its own
+        for param in group["params"]:
+            if optimizer.state.get(param):
+                continue
+            step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            state = {"step": torch.tensor(0.0, dtype=step_dtype),
+                     "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                     "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format)}
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            optimizer.state[param] = state
+
+
 def generator_state(name: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
     return {f"rng/{name}": generator.get_state()}
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from p2pgan.model.blocks import DISCRIMINATOR, GENERATOR, NETWORKS, Block, NetworkDef
+from p2pgan.model.recompute import SavedTensors
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,14 @@ class Segment(nn.Module):
         return len(self.blocks)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks.values():
-            x = block(x, labels) if block.needs_labels else block(x)
+        blocks = list(self.blocks.values())
+        if not (torch.is_grad_enabled() and self.training and len(blocks) > 1):
+            for block in blocks:
+                x = block(x, labels) if block.needs_labels else block(x)
+            return x
+        # Inner outputs are kept for backward as their recipes; the last one leaves the segment.
+        with SavedTensors() as saved:
+            for i, block in enumerate(blocks):
+                saved.offering = i < len(blocks) - 1
+                x = block(x, labels) if block.needs_labels else block(x)
         return x

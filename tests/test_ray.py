@@ -95,6 +95,75 @@ def test_a_parcel_carries_a_message_exactly_and_the_receiver_owns_its_tensors():
     assert not torch.equal(got.tensors["x"], msg.tensors["x"])
 
 
+class FakeActor:
+    """An actor handle's ``deliver.remote``: records each call; ``dead`` ones fail as Ray's do."""
+
+    def __init__(self, dead: bool = False) -> None:
+        self.calls: list[list[Parcel]] = []
+        self.dead = dead
+        self.deliver = self
+
+    def remote(self, parcels):
+        self.calls.append(list(parcels))
+
+        async def reply():
+            if self.dead:
+                raise ray.exceptions.RayActorError()
+        return reply()
+
+
+def activation(src: str, dst: str, step: int = 0) -> Message:
+    return Message(MessageKind.ACTIVATION, src, dst, 1, step, Phase.G_FWD, {"act": torch.ones(2, 3)})
+
+
+async def test_sends_to_one_actor_go_out_as_one_call_once_the_loop_has_run_what_was_ready():
+    import asyncio
+
+    shard = FakeActor()
+    transport = RayTransport({"server": None, "c000": shard, "c001": shard}, receive_timeout_s=5)
+    await transport.open(["server"])
+    sent = activation("server", "c000")
+    await transport.send(sent)
+    await transport.send(activation("server", "c001"))
+    sent.tensors["act"].add_(1)  # the sender goes on: the parcel holds its own copy
+    assert shard.calls == []  # nothing has gone yet: the loop has not come round
+    await asyncio.sleep(0)
+    await transport.close()
+    assert [[p.dst for p in call] for call in shard.calls] == [["c000", "c001"]]
+    assert np.array_equal(shard.calls[0][0].arrays["act"], np.ones((2, 3), dtype=np.float32))
+
+
+async def test_a_full_outbox_goes_out_at_once(monkeypatch):
+    import asyncio
+
+    import transports.ray
+
+    monkeypatch.setattr(transports.ray, "OUTBOX_BYTES", 40)  # an activation here is 24 bytes
+    shard = FakeActor()
+    transport = RayTransport({"server": None, **{f"c00{i}": shard for i in range(3)}}, receive_timeout_s=5)
+    await transport.open(["server"])
+    for i in range(3):
+        await transport.send(activation("server", f"c00{i}"))
+    assert [[p.dst for p in call] for call in shard.calls] == [["c000", "c001"]]
+    await asyncio.sleep(0)
+    await transport.close()
+    assert [[p.dst for p in call] for call in shard.calls] == [["c000", "c001"], ["c002"]]
+
+
+async def test_a_call_to_a_dead_actor_fails_the_waiters_and_later_sends_naming_the_node():
+    import asyncio
+
+    transport = RayTransport({"server": None, "c000": FakeActor(dead=True)}, receive_timeout_s=5,
+                             actor_names={"c000": "ray actor shard-0"})
+    endpoints = await transport.open(["server"])
+    waiting = asyncio.ensure_future(endpoints["server"].receive(activation("c000", "server").key))
+    await transport.send(activation("server", "c000"))
+    with pytest.raises(PeerError, match="c000.*shard-0 is gone"):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(PeerError, match="c000"):
+        await transport.send(activation("server", "c000", step=1))
+
+
 async def test_the_receiver_refuses_a_message_from_outside_the_run():
     transport = RayTransport({"server": None, "c000": None})
     await transport.open(["server"])
@@ -165,6 +234,13 @@ def test_quick_over_ray_is_byte_identical_to_memory_and_uses_both_nodes(tmp_path
     assert len(nodes) == 2
     assert {a["node"] for a in actors.values()} == nodes
     assert {actors["shard-0"]["node"], actors["shard-1"]["node"]} == nodes  # shards spread over both
+    sizes = {c.client_id: c.num_examples for c in outcome.prepared.plan.clients}
+    for actor in actors.values():  # each holds its own clients' examples only (the server none)
+        assert actor["examples"] == sum(sizes[c] for c in actor["clients"])
+        meter = actor["meter"]  # measured inside the actor
+        assert meter["peak_mb"] >= meter["base_mb"] > 0 and meter["cpu_s_per_iteration"] > 0
+        assert meter["iterations_timed"] == 2  # one interval per round of two steps
+    assert actors["server"]["examples"] == 0
     assert our_actors() == []
 
 

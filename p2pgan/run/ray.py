@@ -5,8 +5,9 @@
 1. prepares the run here with no client example (``for_node=SERVER_ID``, as a coordinator does)
    and opens the results folder: this process writes it, exactly as a memory run does;
 2. connects to Ray (``ray.address``, else ``$RAY_ADDRESS``, else ``local``: a private Ray on this
-   machine, started here and shut down at the end; a Ray already initialised in this process is
-   used as it is and left running);
+   machine, started for the run by a keeper process and ended with it, even if this process is
+   killed, see run/ray_keeper.py; a Ray already initialised in this process is used as it is and
+   left running);
 3. creates one actor for the server and ``ray.shards`` actors for the clients (contiguous runs of
    client ids), each with ``num_cpus_per_shard`` / ``num_gpus_per_shard`` and spread over the
    cluster's nodes; each prepares through :func:`~p2pgan.run.prepare.prepare_run` keeping only its
@@ -16,7 +17,11 @@
    its own bus: steps are written per step in client-id order, rounds go through the round
    closer and its extensions (latency priced from the program, ``sees_all_nodes=False``), so the
    live view and plain progress see what they see in a memory run;
-5. on an actor that dies, an actor that fails, an unreachable cluster or Ctrl-C: records one line
+5. writes the checkpoints (run/checkpoint.py): at each due round end every actor sends its nodes'
+   states here, the driver writes them with its own run side (results writer, extensions) and
+   completes the round's marker; a resume (``resume=``) reads the checkpoint here and hands each
+   actor its nodes' states, so actors never need the results folder's disk;
+6. on an actor that dies, an actor that fails, an unreachable cluster or Ctrl-C: records one line
    naming the actor, tells every other actor to abort, keeps what was written, writes the summary
    (``failed`` / ``interrupted``) and kills every actor it created.
 """
@@ -29,8 +34,10 @@ import math
 import os
 import secrets
 import signal
+import statistics
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,18 +48,25 @@ import torch
 
 from p2pgan.bus import EventBus
 from p2pgan.config.schema import Scenario
+from p2pgan.data import clear_cache
+from p2pgan.engine.state import NodeState
 from p2pgan.errors import ClusterError, P2PGanError, PeerError
 from p2pgan.ids import SERVER_ID, natural_key
 from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, RoundAggregated, RunFinished)
 from p2pgan.report.write import write_report
+from p2pgan.run.checkpoint import Checkpointable, CheckpointMarkers, ResumePoint, RoundCheckpointer, RunSide
 from p2pgan.run.closer import RoundCloser
 from p2pgan.run.nodes import run_nodes
 from p2pgan.run.prepare import prepare_run
 from p2pgan.run.processes import load_snapshot, scenario_snapshot
+from p2pgan.run.ray_keeper import KeeperError, PrivateRay
 from p2pgan.run.results import ResultsWriter
-from p2pgan.run.session import RunOutcome, _extensions, run_started_event
+from p2pgan.run.session import (RunOutcome, _checkpoint_summary, _extensions, preparation_progress,
+                                run_started_event)
+from p2pgan.runtime import keep_freed_memory
 from p2pgan.strategies.catalogue import strategy_for
 from transports.catalogue import create_transport
+from transports.ray import from_arrays, to_arrays
 
 Observer = Callable[[object], None]
 
@@ -66,6 +80,9 @@ LOCAL_MIN_CPUS = 2
 NAMESPACE = "p2pgan"
 POLL_S = 1.0
 """How long an actor holds an event request open when it has nothing to report."""
+REPLY_STATE_BYTES = 64 * 2**20
+"""At most this much checkpoint state in one reply to the driver (a shard's states go in parts,
+so no reply outgrows a small object store)."""
 
 
 # -- where it runs ------------------------------------------------------------------------------
@@ -91,25 +108,37 @@ def shard_clients(client_ids: Sequence[str], shards: int) -> list[list[str]]:
 
 
 class RayConnection:
-    """Ray for one run: started here (``local``), joined (a cluster), or already initialised."""
+    """Ray for one run: started for it (``local``), joined (a cluster), or already initialised.
 
-    def __init__(self, address: str, cpus_needed: float) -> None:
+    ``local`` is a private Ray in a keeper process (run/ray_keeper.py), so that it ends with this
+    process even when this process is killed outright.
+    """
+
+    def __init__(self, address: str, cpus_needed: float, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         self.address = address
         self._cpus_needed = cpus_needed
+        self._startup_timeout_s = startup_timeout_s
+        self._private: PrivateRay | None = None
         self.owned = False
 
     def connect(self) -> None:
         if ray.is_initialized():
             self.address = "existing"
             return
-        options: dict[str, Any] = dict(namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
-                                       include_dashboard=False)
+        target = self.address
         if self.address == "local":
-            options.update(num_cpus=max(LOCAL_MIN_CPUS, math.ceil(self._cpus_needed)),
-                           object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+            self._private = PrivateRay(max(LOCAL_MIN_CPUS, math.ceil(self._cpus_needed)), LOCAL_OBJECT_STORE_BYTES)
+            try:
+                target = self._private.start(self._startup_timeout_s)
+            except KeeperError as exc:
+                self._private = None
+                raise ClusterError(f"ray: cannot start a local Ray: {exc}") from None
+            _join_local_auth()
         try:
-            ray.init(address=self.address, **options)
+            ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
         except Exception as exc:  # ConnectionError, RuntimeError, a missing ray[client] ...
+            ray.shutdown()  # a failed ray:// connection leaves the client mode on: a later init would fail
+            self._stop_private()
             raise ClusterError(f"ray: cannot reach the cluster at {self.address}: {_first_line(exc)}") from None
         self.owned = True
 
@@ -125,9 +154,91 @@ class RayConnection:
         if self.owned and ray.is_initialized():
             ray.shutdown()
         self.owned = False
+        self._stop_private()
+
+    def _stop_private(self) -> None:
+        if self._private is not None:
+            self._private.stop()
+            self._private = None
+
+
+def _join_local_auth() -> None:
+    """Use the token authentication of the keeper's Ray (on by default for a Ray started on this
+    machine), as ``ray.init()`` does when it finds a local Ray by itself; given an address it
+    never does. Ray's own helper, where this Ray version has one (older ones have no tokens)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import \
+            maybe_enable_token_auth_if_token_available
+    except ImportError:
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 # -- one actor: a host of nodes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeCheckpoint:
+    """One node's state at the end of a due checkpoint round, on its way to the driver."""
+
+    round: int
+    node: str
+    arrays: dict[str, Any]
+    """:func:`transports.ray.to_arrays` of its :class:`NodeState` tensors."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(getattr(a, "nbytes", 0)) for a in self.arrays.values())
+
+
+@dataclass(frozen=True)
+class ResumeStates:
+    """What an actor of a resumed run continues from: the checkpoint's round and its nodes' states
+    (read by the driver, which holds the results folder: actors may run on other machines)."""
+
+    round: int
+    states: dict[str, dict[str, Any]]
+
+
+def process_memory_mb(field_name: str = "VmHWM") -> float | None:
+    """This process's ``VmHWM`` (peak resident set) or ``VmRSS`` from /proc/self/status, in MiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # not Linux
+        pass
+    return None
+
+
+class ActorMeter:
+    """What one actor costs, measured inside it: its peak memory and its CPU seconds per iteration.
+
+    ``mark`` is told the events that end a node's part of a step (a client's losses, the server's
+    computes); the last one of a step is when the actor finished its part of it, so the CPU time
+    between two such marks is the actor's work for one iteration.
+    """
+
+    def __init__(self) -> None:
+        self.base_mb = process_memory_mb("VmRSS")
+        self._cpu_at: dict[tuple[int, int], float] = {}
+
+    def mark(self, round_: int, step: int) -> None:
+        if step >= 0:
+            self._cpu_at[(round_, step)] = time.process_time()
+
+    def report(self) -> dict[str, Any]:
+        marks = sorted(self._cpu_at.items())
+        # Within a round only: between two rounds lies the federation.
+        per_iteration = [b - a for ((r0, _), a), ((r1, _), b) in zip(marks, marks[1:]) if r0 == r1]
+        median = statistics.median(per_iteration) if per_iteration else None
+        return {"base_mb": _rounded(self.base_mb), "peak_mb": _rounded(process_memory_mb("VmHWM")),
+                "cpu_s_per_iteration": _rounded(median, 4), "iterations_timed": len(per_iteration)}
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 class NodeHost:
@@ -140,19 +251,29 @@ class NodeHost:
     def __init__(self, name: str, node_ids: Sequence[str], threads: int) -> None:
         self.name = name
         self.node_ids = list(node_ids)
+        self._first_round = 1
+        self._resume_states: dict[str, NodeState] | None = None
         torch.set_num_threads(max(1, threads))
+        keep_freed_memory()  # as in every process the command line starts (p2pgan/runtime.py)
+        self._meter = ActorMeter()
         self._prepared = None
         self._transport = None
-        self._events: list[object] = []
+        self._events: deque[object] = deque()
         self._done: dict[str, Any] | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
-    async def prepare(self, raw: dict[str, Any], source: str, costs) -> dict[str, Any]:
-        """Load this actor's clients' data and the plan; report where it runs."""
+    async def prepare(self, raw: dict[str, Any], source: str, costs, resume: ResumeStates | None = None
+                      ) -> dict[str, Any]:
+        """Load this actor's clients' data and the plan (and, resuming, its nodes' saved states);
+        report where it runs."""
         scenario = load_snapshot(raw, source)
         clients = [n for n in self.node_ids if n != SERVER_ID]
         self._prepared = prepare_run(scenario, costs, for_nodes=clients)
+        if resume is not None:
+            self._first_round = resume.round + 1
+            self._resume_states = {node: NodeState(node, from_arrays(resume.states[node])) for node in self.node_ids}
+        clear_cache()  # the domains were loaded whole; keep only this shard's clients' examples
         context = ray.get_runtime_context()
         return {"node": context.get_node_id(), "pid": os.getpid(), "examples":
                 sum(len(d.labels) for d in self._prepared.client_data.values())}
@@ -169,8 +290,8 @@ class NodeHost:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
-    async def deliver(self, parcel) -> None:
-        self._transport.receive(parcel)
+    async def deliver(self, parcels) -> None:
+        self._transport.receive(parcels)
 
     async def next_events(self) -> tuple[list[object], dict[str, Any] | None]:
         """What happened since the last call, and how the run ended here once it has."""
@@ -180,14 +301,25 @@ class NodeHost:
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
             except asyncio.TimeoutError:
                 pass
-        events, self._events = self._events, []
-        return events, self._done
+        events, state_bytes = [], 0
+        while self._events:
+            event = self._events[0]
+            if isinstance(event, NodeCheckpoint):
+                if events and state_bytes + event.nbytes > REPLY_STATE_BYTES:
+                    break
+                state_bytes += event.nbytes
+            events.append(self._events.popleft())
+        return events, self._done if not self._events else None
 
     async def abort(self, peer: str, problem: str) -> None:
         if self._transport is not None:
             self._transport.fail_all(PeerError(peer, problem))
 
     def _forward(self, event: object) -> None:
+        # A client's step ends with its losses, the server's with its last compute. (Not every
+        # compute: the process's CPU clock sums over Ray's many threads, at a cost per read.)
+        if isinstance(event, ClientLosses) or (isinstance(event, ComputeEvent) and event.node == SERVER_ID):
+            self._meter.mark(event.round, event.step)
         # Clients' losses, round ends and log lines; the server's computes feed the wall clock.
         # Transfers and clients' computes stay here: latency is priced from the program.
         if isinstance(event, (ClientLosses, RoundAggregated, LogEvent)) or (
@@ -196,12 +328,25 @@ class NodeHost:
             if self._wake is not None:
                 self._wake.set()
 
+    def _checkpoint(self, round_: int, state: NodeState) -> None:
+        """A node's state after a round's federation: for a round that is due it goes to the driver,
+        which writes the checkpoint once every node's has come."""
+        spec, rounds = self._prepared.scenario.checkpoint, self._prepared.plan.schedule.rounds
+        if round_ % spec.every or round_ >= rounds:
+            return
+        # Sent at once: each node's state is its own copy, and the driver waits for all anyway.
+        self._events.append(NodeCheckpoint(round_, state.node_id, to_arrays(state.tensors, copy=False)))
+        if self._wake is not None:
+            self._wake.set()
+
     async def _run(self) -> None:
         bus = EventBus()
         bus.subscribe(self._forward)
         done: dict[str, Any] = {"status": "completed", "peer": None, "problem": "", "exit_code": 0}
         try:
-            await run_nodes(self._prepared, self._transport, bus, self.node_ids)
+            checkpoint = self._checkpoint if self._prepared.scenario.checkpoint.enabled else None
+            await run_nodes(self._prepared, self._transport, bus, self.node_ids, first_round=self._first_round,
+                            states=self._resume_states, checkpoint=checkpoint)
         except P2PGanError as exc:
             peer = exc.peer if isinstance(exc, PeerError) else None
             problem = str(exc).removeprefix(f"peer {peer}: ") if peer else str(exc)
@@ -211,6 +356,7 @@ class NodeHost:
         except Exception as exc:  # a bug: the traceback goes to the actor's log, one line to the driver
             traceback.print_exc()
             done.update(status="failed", problem=f"internal error: {type(exc).__name__}: {exc}", exit_code=1)
+        done["meter"] = self._meter.report()
         self._done = done
         self._wake.set()
 
@@ -247,8 +393,10 @@ class RayDriver:
     """Runs one prepared scenario on Ray and writes its results folder."""
 
     def __init__(self, prepared, observers: Sequence[Observer] = (), *, address: str | None = None,
-                 startup_timeout_s: float = STARTUP_TIMEOUT_S, grace_s: float = GRACE_S) -> None:
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S, grace_s: float = GRACE_S,
+                 resume: ResumePoint | None = None) -> None:
         self.prepared = prepared
+        self.resume = resume
         self.scenario: Scenario = prepared.scenario
         spec = self.scenario.ray
         self.client_ids = list(prepared.plan.client_ids)
@@ -258,26 +406,43 @@ class RayDriver:
             _Actor(f"shard-{i}", ids) for i, ids in enumerate(shards)]
         self._names = {a.name: f"{token}-{a.name}" for a in self.actors}
         self._ray = RayConnection(address or ray_address(self.scenario),
-                                  spec.num_cpus_per_shard * len(self.actors))
+                                  spec.num_cpus_per_shard * len(self.actors), startup_timeout_s)
         self._observers = list(observers)
         self._startup_timeout_s = startup_timeout_s
         self._grace_s = grace_s
         self._failure: _Failure | None = None
         self._pending_steps: dict[tuple[int, int], dict[str, ClientLosses]] = {}
         self._order = {cid: i for i, cid in enumerate(sorted(self.client_ids, key=natural_key))}
+        self._checkpointer: RoundCheckpointer | None = None
 
     def run(self) -> RunOutcome:
-        scenario, prepared = self.scenario, self.prepared
+        scenario, prepared, resume = self.scenario, self.prepared, self.resume
         strategy = strategy_for(scenario)
         self.bus = bus = EventBus()
         writer = ResultsWriter(prepared, scenario.results_dir)
         bus.subscribe(writer)
-        extensions = _extensions(prepared, bus, writer, strategy.program, sees_all_nodes=False)
+        checkpointing = scenario.checkpoint.enabled
+        extensions = _extensions(prepared, bus, writer, strategy.program, sees_all_nodes=False,
+                                 checkpointed=checkpointing, fresh=resume is None,
+                                 progress=preparation_progress(self._observers))
+        # Checkpoints as in one process: this driver holds the run side, the actors send their
+        # nodes' states at each due round end, and the marker completes a round once all are written.
+        all_nodes = [SERVER_ID, *self.client_ids]
+        rounds = prepared.plan.schedule.rounds
+        run_side = RunSide(scenario.results_dir, [p for p in (writer, *extensions) if isinstance(p, Checkpointable)])
+        markers = CheckpointMarkers(scenario.results_dir, all_nodes, rounds, "ray")
+        if checkpointing:
+            self._checkpointer = RoundCheckpointer(scenario.results_dir, scenario.checkpoint.every, rounds, all_nodes,
+                                                   run_side, markers.report)
+            bus.subscribe(self._checkpointer.observe)  # after the writer: a round is captured once recorded
         for observer in self._observers:
             bus.subscribe(observer)
         closer = RoundCloser(bus, extensions)
         bus.subscribe(closer)
         bus.publish(run_started_event(prepared))
+        if resume is not None:
+            run_side.restore(resume)
+            bus.publish(LogEvent(f"resumed after round {resume.round} of {rounds} from {resume.folder}"))
         started = time.perf_counter()
         internal: BaseException | None = None
         try:
@@ -297,6 +462,10 @@ class RayDriver:
             detail = failure.detail if failure else ""
             writer.extra_summary.update(closer.finish(status))
             writer.extra_summary["ray"] = self._placement()
+            if self._checkpointer is not None:
+                if status != "completed":
+                    self._checkpointer.flush()  # a due round every node reached, if not written yet
+                writer.extra_summary["checkpoints"] = _checkpoint_summary(self._checkpointer, markers, resume)
             if failure is not None:
                 bus.publish(LogEvent(f"run {status}: {detail}", "error" if failure.error else "warning"))
             finished = RunFinished(status, wall, detail)
@@ -356,7 +525,8 @@ class RayDriver:
                                           num_gpus=spec.num_gpus_per_shard, scheduling_strategy="SPREAD",
                                           max_restarts=0, max_concurrency=1000).remote(
                 actor.name, actor.node_ids, threads)
-        await self._each("prepare", lambda a: a.handle.prepare.remote(raw, source, costs),
+        resumes = {a.name: self._resume_states(a) for a in self.actors} if self.resume is not None else {}
+        await self._each("prepare", lambda a: a.handle.prepare.remote(raw, source, costs, resumes.get(a.name)),
                          self._startup_timeout_s, "was not placed and prepared")
         if self._failure is not None:
             return
@@ -366,6 +536,13 @@ class RayDriver:
                          "did not open its endpoints")
         if self._failure is None:
             await self._each("start", lambda a: a.handle.start.remote(), self._startup_timeout_s, "did not start")
+
+    def _resume_states(self, actor: _Actor):
+        """The actor's nodes' saved states, read here and put in the object store for it."""
+        assert self.resume is not None
+        states = {node: to_arrays(state.tensors, copy=False) for node, state in
+                  self.resume.node_states(actor.node_ids).items()}
+        return ray.put(ResumeStates(self.resume.round, states))
 
     async def _each(self, step: str, call: Callable[[_Actor], Any], timeout: float, late: str) -> None:
         """One call on every actor, together; the first that fails (or is late) fails the run."""
@@ -451,7 +628,10 @@ class RayDriver:
     # -- events -----------------------------------------------------------------------------
 
     def _on_event(self, event: object) -> None:
-        if isinstance(event, ClientLosses):
+        if isinstance(event, NodeCheckpoint):
+            if self._checkpointer is not None:
+                self._checkpointer(event.round, NodeState(event.node, from_arrays(event.arrays)))
+        elif isinstance(event, ClientLosses):
             self._pending_steps.setdefault((event.round, event.step), {})[event.node] = event
             self._flush_steps()
         else:
@@ -499,7 +679,9 @@ class RayDriver:
 
     def _placement(self) -> dict[str, Any]:
         return {"address": self._ray.address, "actors": {
-            a.name: {"clients": [n for n in a.node_ids if n != SERVER_ID], **a.placed} for a in self.actors}}
+            a.name: {"clients": [n for n in a.node_ids if n != SERVER_ID], **a.placed,
+                     **({"meter": a.done["meter"]} if a.done and "meter" in a.done else {})}
+            for a in self.actors}}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -508,13 +690,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def run_ray(scenario: Scenario, observers: Sequence[Observer] = (), *, address: str | None = None,
-            startup_timeout_s: float = STARTUP_TIMEOUT_S, grace_s: float = GRACE_S) -> RunOutcome:
+            startup_timeout_s: float = STARTUP_TIMEOUT_S, grace_s: float = GRACE_S,
+            resume: ResumePoint | None = None) -> RunOutcome:
     """Run ``scenario`` with its server and shards of clients as Ray actors -> RunOutcome.
 
     ``address`` overrides ``ray.address`` / ``$RAY_ADDRESS``. Results are written here, as by a
     memory run; a failure is one line in the summary's ``detail`` and the outcome's error.
+    ``resume``: continue from that checkpoint (the results files already cut back to it).
     """
     # The driver writes results and prices the run; it holds no client example.
-    prepared = prepare_run(scenario, for_node=SERVER_ID)
-    driver = RayDriver(prepared, observers, address=address, startup_timeout_s=startup_timeout_s, grace_s=grace_s)
+    prepared = prepare_run(scenario, for_node=SERVER_ID, progress=preparation_progress(observers))
+    driver = RayDriver(prepared, observers, address=address, startup_timeout_s=startup_timeout_s, grace_s=grace_s,
+                       resume=resume)
     return driver.run()

@@ -239,13 +239,12 @@ def status_like_meminfo(key: str) -> float | None:
 
 
 def linear_fit(points: list[tuple[int, float]]) -> tuple[float, float] | None:
-    """(intercept, slope) by least squares; with one point, the slope through the origin."""
+    """(intercept, slope) by least squares; with one client count, the slope through the origin."""
     if not points:
         return None
-    if len(points) == 1:
-        n, y = points[0]
-        return 0.0, y / n
     xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if len(set(xs)) == 1:
+        return 0.0, statistics.fmean(ys) / xs[0]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
     return my - slope * mx, slope

@@ -94,8 +94,9 @@ def keep(argv: Sequence[str]) -> None:
 
     try:
         num_cpus, store = int(argv[0]), int(argv[1])
-        ray.init(num_cpus=num_cpus, object_store_memory=store, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, namespace=NAMESPACE)
+        # "local": a new Ray. Without an address ray.init joins any Ray it finds on this machine.
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=store, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR, namespace=NAMESPACE)
         address = ray.get_runtime_context().gcs_address
     except Exception as exc:  # one line for the driver's error
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]

@@ -6,21 +6,29 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
     """Let glibc's malloc reuse freed activation buffers instead of returning them to the OS.
 
     Every iteration allocates and frees the same large activations and gradients. With glibc's
     defaults, blocks above the mmap threshold are unmapped on free and mapped (and zero-filled)
     again on the next allocation; split training, which keeps every client's graph alive at
-    once, paid 5-15% of an iteration in page faults for it (tools/bench_step.py). Returns
-    whether the tuning applied (False on a non-glibc libc).
+    once, paid 5-15% of an iteration in page faults for it (tools/bench_step.py).
+
+    The price is memory: one heap for every block fragments, the more so the larger the server's
+    batches (tools/bench_memory.py, 2-core VM: the cohort at 16 clients, width 1, batch 64 holds
+    97 MB per client at its peak and takes 157 MB/client of RSS tuned, 118 MB/client with glibc's
+    defaults for +16% CPU time in page faults; s6, 80 clients: 7.8 GB held, 12.4 GB RSS tuned,
+    9.8 GB with the defaults for +19%). ``P2PGAN_MALLOC=lean`` keeps glibc's defaults. Returns
+    whether the tuning applied (False on a non-glibc libc, or when asked to stay lean).
     """
+    if environ.get("P2PGAN_MALLOC", "") == "lean":
+        return False
     name = ctypes.util.find_library("c")
     if not name:
         return False

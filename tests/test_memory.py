@@ -156,3 +156,26 @@ def test_clients_that_never_meet_the_server_run_one_at_a_time():
     engine.iteration(1, 0)
     # When a client starts, what those before it held for their iteration is gone.
     assert len(alive_at_start) >= 3 and not any(any(flags) for flags in alive_at_start)
+
+
+def test_the_allocator_can_be_left_lean():
+    from p2pgan.runtime import keep_freed_memory
+
+    assert keep_freed_memory({"P2PGAN_MALLOC": "lean"}) is False
+
+
+def test_d_on_fake_is_back_propagated_before_d_on_real_runs():
+    engine = cohort([ClientCut(1, 1, 1, 1), ClientCut(0, 0, 0, 0)])
+    client = engine.clients[0]
+    uploads = watch_outputs({"d1": client.blocks["d1"]})["d1"]  # its D head's output, sent to the server
+    alive_at_real = []
+    calls = []
+
+    def at_d0(*_):
+        calls.append(1)
+        if len(calls) == 2:  # the second D pass of the iteration: on real
+            alive_at_real.append(not uploads[0].expired())
+
+    client.blocks["d0"].register_forward_pre_hook(at_d0)
+    engine.iteration(1, 0)
+    assert alive_at_real == [False]

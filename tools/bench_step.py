@@ -6,8 +6,8 @@ real, a D step, a G step. ``mono`` runs each client's whole G and D as plain mod
 loop; ``nodes`` runs ClientNode/ServerNode actors over the memory transport, the server's middle
 blocks batched over clients; ``cohort`` runs the same program for every client in one engine
 without a transport (``p2pgan.engine.cohort``), with the device's default kernel policy (on the
-CPU every convolution block in ``channels_last``); ``cohort-contiguous`` is the cohort with every
-block contiguous, the node engine's layout, to measure the memory format. Each (implementation,
+CPU contiguous, as the node engine; ``--cl-blocks`` puts blocks in ``channels_last``);
+``cohort-contiguous`` is the cohort with every block contiguous whatever the policy. Each (implementation,
 size) runs in a fresh subprocess so that its peak memory is its own.
 
 For each it prints seconds per iteration (median of ``--reps`` after ``--warmup``), the achieved

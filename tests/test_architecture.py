@@ -169,3 +169,25 @@ def test_default_thread_policy_leaves_busy_cores_alone(monkeypatch):
     env: dict[str, str] = {}
     assert passive_thread_waits(env) is False  # torch is already imported in this process
     assert env == {}
+
+
+def test_busy_cores_reads_what_the_cores_do_now(tmp_path, monkeypatch):
+    """The default sees a machine's load as it is now, not the load average's minute-old memory."""
+    import p2pgan.runtime as runtime
+
+    stat = tmp_path / "stat"
+    # Two samples of a 2-CPU machine: 150 of 200 ticks busy in between (iowait counts as idle).
+    samples = iter([
+        "cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\ncpu1 50 0 50 400 0 0 0 0 0 0\n",
+        "cpu  200 0 150 830 20 0 0 0 0 0\ncpu0 100 0 75 415 10 0 0 0 0 0\ncpu1 100 0 75 415 10 0 0 0 0 0\n",
+    ])
+    monkeypatch.setattr(runtime.time, "sleep", lambda s: stat.write_text(next(samples)))
+    stat.write_text(next(samples))
+    assert runtime.busy_cores(stat=str(stat)) == 1.5
+    assert runtime.busy_cores(stat=str(tmp_path / "missing")) is None
+    monkeypatch.delenv("P2PGAN_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "busy_cores", lambda: 1.6)
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert runtime.default_threads(cores=2) == 1  # what the cores do now wins over an idle average
+    monkeypatch.setattr(runtime, "busy_cores", lambda: None)
+    assert runtime.default_threads(cores=2) == 2  # no /proc/stat: the load average decides

@@ -82,3 +82,16 @@ def test_data_list(capsys):
     out = capsys.readouterr().out
     for domain in ("mnist", "fashion-mnist", "kmnist", "glyphs"):
         assert domain in out
+
+
+def test_a_failed_run_suggests_resume_only_when_a_checkpoint_exists(tmp_path):
+    """After a failure in round 1 there is nothing to resume from: the hint says to start again."""
+    from p2pgan.commands.scenario import _next_step
+    from p2pgan.run.checkpoint import MARKER, checkpoints_dir
+
+    assert "--force" in _next_step(tmp_path) and "resume" not in _next_step(tmp_path)
+    folder = checkpoints_dir(tmp_path) / "round-1"
+    folder.mkdir(parents=True)
+    assert "--force" in _next_step(tmp_path)  # a round that never finished writing its checkpoint
+    (folder / MARKER).write_text("{}")
+    assert _next_step(tmp_path) == f"continue with `p2pgan scenario resume {tmp_path}`"

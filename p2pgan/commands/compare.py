@@ -93,7 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="runs at a time, each in its own process (default 1: one after the other, here)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch intra-op threads per run (default: torch's choice; with --jobs, CPUs / jobs)")
+                        help="torch intra-op threads per run (default: the cores other work leaves idle; "
+                             "with --jobs, CPUs / jobs)")
     parser.add_argument("--transport", choices=("memory", "http"), default=None, help="override transport.kind")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a scenario key for every run (repeatable; keys as in p2pgan whatif --help)")

@@ -44,7 +44,8 @@ def add_display_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live", dest="live", action="store_true", default=None, help="force the live dashboard")
     parser.add_argument("--no-live", dest="live", action="store_false", help="plain line-by-line progress")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch intra-op threads (default: torch's choice; 1 is faster for tiny models on busy machines)")
+                        help="torch intra-op threads (default: the cores other work leaves idle now; "
+                             "P2PGAN_THREADS=N pins it)")
 
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,9 +172,18 @@ def _train(scenario, args: argparse.Namespace, resume) -> int:
     if outcome.status == "completed":
         return 0
     print(f"p2pgan: run {outcome.status}: {outcome.summary.get('detail', '')} "
-          f"(results so far kept in {scenario.results_dir}; continue with `p2pgan scenario resume "
-          f"{scenario.results_dir}`)", file=sys.stderr)
+          f"(results so far kept in {scenario.results_dir}; {_next_step(scenario.results_dir)})", file=sys.stderr)
     return outcome.error.exit_code if outcome.error is not None and hasattr(outcome.error, "exit_code") else 130
+
+
+def _next_step(results_dir: Path) -> str:
+    """What a person can do after a run that did not complete: resume only where a round left a
+    complete checkpoint, otherwise start again (a resume would only say there is nothing to resume)."""
+    from p2pgan.run.checkpoint import complete_rounds
+
+    if complete_rounds(results_dir):
+        return f"continue with `p2pgan scenario resume {results_dir}`"
+    return "no round completed a checkpoint, so start it again with --force"
 
 
 def _print_closing(display, summary, results_dir: Path, wall_s: float, traffic_bytes: int) -> None:

@@ -6,7 +6,6 @@ import ctypes
 import ctypes.util
 import os
 import sys
-import time
 from collections.abc import Mapping, MutableMapping
 
 _M_TRIM_THRESHOLD = -1
@@ -61,59 +60,27 @@ def passive_thread_waits(environ: MutableMapping[str, str] = os.environ) -> bool
     return True
 
 
-def default_threads(cores: int | None = None, load: float | None = None) -> int:
-    """torch's intra-op threads when ``--threads`` is not given: the cores nobody else is using.
+SMALL_KERNEL_FLOPS = 5e8
+"""Below this many FLOPs in a run's largest client-side kernel call, one intra-op thread is
+faster than several even on an idle machine: the kernels are too small to split
+(tools/bench_threads.py)."""
 
-    On a busy machine every extra thread only queues behind the other work (measured on 2 cores
-    under load 2-3: 1 thread 13-16 s, 2 passive threads 16-18 s for ``scenarios/quick.yaml``);
-    on an idle one all cores pay for the larger models. "Busy" is what the cores do now, sampled
-    for a moment from ``/proc/stat``, not the load average: that one still counts, for a minute,
-    the run that just ended, and back-to-back runs on an idle machine would get one thread
-    (tools/bench_threads.py). ``P2PGAN_THREADS=N`` pins it.
+
+def default_threads(cores: int | None = None, kernel_flops: float | None = None) -> int:
+    """torch's intra-op threads when ``--threads`` is not given.
+
+    It depends on the machine's cores and the run's model only, never on the load at the moment:
+    float sums split over a different number of threads round differently, and the same scenario
+    and seed must give the same numbers run after run (and after a resume) on one machine. So one
+    thread where the largest kernel call is small (``kernel_flops`` < :data:`SMALL_KERNEL_FLOPS`),
+    otherwise every core, with passive OpenMP waits (:func:`passive_thread_waits`) so that the
+    extra threads sleep rather than spin when the machine is busy. ``P2PGAN_THREADS=N`` pins it.
     """
     pinned = os.environ.get("P2PGAN_THREADS", "")
     if pinned.isdigit() and int(pinned) >= 1:
         return int(pinned)
     cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                              else (os.cpu_count() or 1))
-    if load is None:
-        load = busy_cores()
-    if load is None:
-        load = os.getloadavg()[0]
-    return max(1, min(cores, cores - int(load + 0.5)))
-
-
-def busy_cores(sample_s: float = 0.15, stat: str = "/proc/stat") -> float | None:
-    """How many cores other processes keep busy right now (None where ``/proc/stat`` is missing).
-
-    The caller sleeps through the sample, so its own threads are not counted.
-    """
-    first = _cpu_ticks(stat)
-    if first is None:
-        return None
-    time.sleep(sample_s)
-    second = _cpu_ticks(stat)
-    if second is None:
-        return None
-    busy = second[0] - first[0]
-    total = second[1] - first[1]
-    if total <= 0:
-        return None
-    return busy / total * second[2]
-
-
-def _cpu_ticks(stat: str) -> tuple[int, int, int] | None:
-    """(busy ticks, all ticks, CPUs) summed over the machine, from the kernel's counters."""
-    try:
-        with open(stat, encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
-    head = next((line.split() for line in lines if line.startswith("cpu ")), None)
-    if head is None or len(head) < 5 or not cpus:
-        return None
-    ticks = [int(v) for v in head[1:9]]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    total = sum(ticks)
-    return total - idle, total, cpus
+    if kernel_flops is not None and kernel_flops < SMALL_KERNEL_FLOPS:
+        return 1
+    return max(1, cores)

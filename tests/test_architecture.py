@@ -156,38 +156,28 @@ def test_default_topology_is_found_from_a_non_editable_install(repo_root, tmp_pa
     assert run.stdout.split() == ["paper-edge", "True"]
 
 
-def test_default_thread_policy_leaves_busy_cores_alone(monkeypatch):
-    from p2pgan.runtime import default_threads, passive_thread_waits
+def test_default_thread_policy_depends_on_the_machine_and_the_model_never_on_the_load(monkeypatch):
+    """Thread counts change float sums, so the default must not follow the load: a seed gives the
+    same numbers run after run. Small kernels get one thread, larger ones every core."""
+    import p2pgan.runtime as runtime
+    from p2pgan.config import load_scenario
+    from p2pgan.run.threads import largest_kernel_flops, threads_for
+    from p2pgan.runtime import SMALL_KERNEL_FLOPS, default_threads, passive_thread_waits
 
     monkeypatch.delenv("P2PGAN_THREADS", raising=False)
-    assert default_threads(cores=2, load=0.1) == 2
-    assert default_threads(cores=2, load=1.2) == 1
-    assert default_threads(cores=2, load=3.5) == 1
-    assert default_threads(cores=16, load=4.0) == 12
+    assert default_threads(cores=2, kernel_flops=SMALL_KERNEL_FLOPS / 2) == 1
+    assert default_threads(cores=2, kernel_flops=SMALL_KERNEL_FLOPS * 2) == 2
+    assert default_threads(cores=16) == 16
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (9.0, 9.0, 9.0))  # a busy machine changes nothing
+    assert default_threads(cores=2, kernel_flops=SMALL_KERNEL_FLOPS * 2) == 2
+    quick = load_scenario(Path(__file__).parents[1] / "scenarios" / "quick.yaml")
+    paper = load_scenario(Path(__file__).parents[1] / "scenarios" / "paper" / "s6.yaml")
+    assert largest_kernel_flops(quick) < SMALL_KERNEL_FLOPS < largest_kernel_flops(paper)
+    assert threads_for(quick) == 1
+    assert threads_for(paper) == default_threads()
     monkeypatch.setenv("P2PGAN_THREADS", "3")
-    assert default_threads(cores=2, load=0.0) == 3
+    assert default_threads(cores=2, kernel_flops=1.0) == 3
     env: dict[str, str] = {}
     assert passive_thread_waits(env) is False  # torch is already imported in this process
     assert env == {}
 
-
-def test_busy_cores_reads_what_the_cores_do_now(tmp_path, monkeypatch):
-    """The default sees a machine's load as it is now, not the load average's minute-old memory."""
-    import p2pgan.runtime as runtime
-
-    stat = tmp_path / "stat"
-    # Two samples of a 2-CPU machine: 150 of 200 ticks busy in between (iowait counts as idle).
-    samples = iter([
-        "cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 50 0 50 400 0 0 0 0 0 0\ncpu1 50 0 50 400 0 0 0 0 0 0\n",
-        "cpu  200 0 150 830 20 0 0 0 0 0\ncpu0 100 0 75 415 10 0 0 0 0 0\ncpu1 100 0 75 415 10 0 0 0 0 0\n",
-    ])
-    monkeypatch.setattr(runtime.time, "sleep", lambda s: stat.write_text(next(samples)))
-    stat.write_text(next(samples))
-    assert runtime.busy_cores(stat=str(stat)) == 1.5
-    assert runtime.busy_cores(stat=str(tmp_path / "missing")) is None
-    monkeypatch.delenv("P2PGAN_THREADS", raising=False)
-    monkeypatch.setattr(runtime, "busy_cores", lambda: 1.6)
-    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert runtime.default_threads(cores=2) == 1  # what the cores do now wins over an idle average
-    monkeypatch.setattr(runtime, "busy_cores", lambda: None)
-    assert runtime.default_threads(cores=2) == 2  # no /proc/stat: the load average decides

@@ -5,9 +5,9 @@ start-up and picks its own default, the way a user's run does). The trials are i
 of each choice per repeat, so slow minutes of a shared machine fall on every choice alike.
 
 "busy" starts one CPU-bound burner process per core for the whole condition, which is what a
-laptop running a build or a second simulation looks like to the scheduler. The default reads the
-load average at start, so under "idle" it also sees the previous trial's load: exactly what a
-user running back-to-back sees.
+laptop running a build or a second simulation looks like to the scheduler. The default depends on
+the cores and the scenario's model only (p2pgan/runtime.py: default_threads), so it is the same
+count in both conditions; the question is how far that fixed choice is from the best one.
 
     python tools/bench_threads.py                      # quick.yaml, idle and busy, 3 repeats
     python tools/bench_threads.py --scenario scenarios/multidomain.yaml --set training.rounds=1
@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from p2pgan.runtime import default_threads  # noqa: E402  (the tool runs from a checkout)
+from p2pgan.config import load_scenario  # noqa: E402  (the tool runs from a checkout)
+from p2pgan.run.threads import threads_for  # noqa: E402
 
 
 def _burn(stop: multiprocessing.Event) -> None:  # type: ignore[valid-type]
@@ -54,14 +55,23 @@ def one_trial(scenario: str, overrides: list[str], threads: int | None) -> tuple
             cmd += ["--threads", str(threads)]
         env = {k: v for k, v in os.environ.items() if k not in ("P2PGAN_THREADS", "OMP_WAIT_POLICY",
                                                                  "OMP_NUM_THREADS")}
-        # What the child's default will pick: the same function on the same load average.
-        chosen = threads if threads is not None else default_threads()
+        chosen = threads if threads is not None else _default_for(scenario, tuple(overrides))
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"bench_threads: run failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
         return wall, chosen
+
+
+def _default_for(scenario: str, overrides: tuple[str, ...]) -> int:
+    """What the child's default picks: the same function on the same scenario."""
+    env_pin = os.environ.pop("P2PGAN_THREADS", None)
+    try:
+        return threads_for(load_scenario(REPO / scenario, list(overrides)))
+    finally:
+        if env_pin is not None:
+            os.environ["P2PGAN_THREADS"] = env_pin
 
 
 def measure(condition: str, scenario: str, overrides: list[str], repeats: int, choices: list[int | None]) -> dict:

@@ -51,6 +51,7 @@ from p2pgan.commands.checks import check_runnable
 from p2pgan.run.folder import claim_results_dir
 from p2pgan.run.processes import run_processes
 from p2pgan.run.session import run_scenario
+from p2pgan.run.threads import threads_for
 from p2pgan.strategies.catalogue import STRATEGIES, strategy_class, strategy_for
 from p2pgan.ui.progress import PlainProgress
 
@@ -169,12 +170,11 @@ class RunJob:
 
 def run_job(job: RunJob, stream: TextIO | None = None, quiet: bool = True) -> dict[str, Any]:
     """Run ``job`` here; its record (summary, traffic). A user error is a failed record."""
-    if job.threads is not None:
-        torch.set_num_threads(job.threads)
     record: dict[str, Any] = {"strategy": job.strategy, "seed": job.seed, "status": "failed", "detail": "",
                               "summary": {}, "dir": str(job.directory), "traffic_bytes": None, "exit_code": 0}
     try:
         scenario = job.scenario()
+        torch.set_num_threads(job.threads if job.threads is not None else threads_for(scenario))
         with claim_results_dir(job.directory, force=False, resume=False, key="--out", source="compare"):
             if scenario.transport.processes:
                 outcome = run_processes(scenario)

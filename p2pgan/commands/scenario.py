@@ -93,7 +93,7 @@ def run_command(args: argparse.Namespace) -> int:
     _check_threads(args)
     scenario = load_scenario(args.file, scenario_overrides(args))
     _print_notes(check_runnable(scenario).notes)
-    _set_threads(args)
+    _set_threads(args, scenario)
     with claim_results_dir(scenario.results_dir, force=args.force, resume=False, source=str(args.file)):
         return _train(scenario, args, None)
 
@@ -114,7 +114,7 @@ def resume_command(args: argparse.Namespace) -> int:
         _refuse_completed(run_dir, scenario)
         point = find_resume_point(run_dir, scenario.training.rounds)
         wait_for_previous_nodes(run_dir)  # a killed coordinator's node processes notice and stop
-        _set_threads(args)
+        _set_threads(args, scenario)
         rewind_results(run_dir, point.round)
         print(f"resuming {scenario.name} after round {point.round} of {scenario.training.rounds} ({run_dir})",
               flush=True)
@@ -136,12 +136,15 @@ def _refuse_completed(run_dir: Path, scenario) -> None:
     raise P2PGanError(f"{run_dir}: the run completed (summary.json); nothing to resume")
 
 
-def _set_threads(args: argparse.Namespace) -> None:
-    _check_threads(args)
-    if args.threads is not None:
-        import torch
+def _set_threads(args: argparse.Namespace, scenario) -> None:
+    """``--threads``, else the scenario's default (p2pgan/run/threads.py): a resume gets the same
+    count as the run it continues, so it computes the same numbers."""
+    import torch
 
-        torch.set_num_threads(args.threads)
+    from p2pgan.run.threads import threads_for
+
+    _check_threads(args)
+    torch.set_num_threads(args.threads if args.threads is not None else threads_for(scenario))
 
 
 def _check_threads(args: argparse.Namespace) -> None:

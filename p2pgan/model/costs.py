@@ -7,6 +7,7 @@ wider model or another image size is priced by the same code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -62,8 +63,10 @@ def _example_input(name: str, spec: ModelSpec, previous: torch.Tensor | None, ba
     return previous
 
 
+@functools.lru_cache(maxsize=8)
 def profile_model(spec: ModelSpec, batch: int = 8) -> ModelCosts:
-    """Measure every block once at ``batch`` and report per-sample costs."""
+    """Measure every block once at ``batch`` and report per-sample costs (kept: the counts depend
+    on the spec only, and a run asks for them more than once)."""
     blocks = build_initial_blocks(spec, seed=0)
     labels = torch.zeros(batch, dtype=torch.long)
     costs = []

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from p2pgan.config import load_scenario
 from p2pgan.model.costs import profile_model
 from p2pgan.run.prepare import prepare_run
@@ -107,8 +105,8 @@ def test_continue_over_processes_survives_a_sigkilled_client(tmp_path):
     assert not [n for n, info in table.items() if _alive(info["pid"])], "node processes left behind"
 
 
-@pytest.mark.parametrize("engine", ["cohort", "ray"])
-def test_faults_need_the_node_engine(engine, tmp_path, capsys):
+def test_faults_need_the_node_engine(tmp_path, capsys):
+    engine = "cohort"  # Ray takes faults (tests/test_ray_faults.py)
     from p2pgan.cli import main
 
     scenario = tmp_path / "s.yaml"

@@ -198,7 +198,7 @@ def test_shards_are_contiguous_client_runs_in_natural_order():
 
 def test_an_unreachable_cluster_fails_in_one_line_with_exit_3(tmp_path):
     assert not ray.is_initialized()
-    outcome = run_ray(scenario(tmp_path / "run", *RAY, "ray.address=ray://127.0.0.1:1"), startup_timeout_s=20)
+    outcome = run_ray(scenario(tmp_path / "run", *RAY, "ray.address=ray://127.0.0.1:1"), startup_timeout_s=5)
     assert outcome.status == "failed"
     assert isinstance(outcome.error, ClusterError) and outcome.error.exit_code == 3
     assert "cannot reach the cluster at ray://127.0.0.1:1" in str(outcome.error) and "\n" not in str(outcome.error)

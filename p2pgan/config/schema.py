@@ -296,8 +296,9 @@ class FaultsSpec:
     seed: Optional[int] = Field(default=None, ge=0, le=SEED_MAX, strict=True)
     """Seed of the random dropouts and retransmissions; unset: the scenario's seed."""
     policy: Literal["fail", "continue"] = "fail"
-    """What a dead or silent peer does to a run over http: end it (``fail``) or be dropped after
-    ``peer_deadline_s`` while the run goes on with the rest (``continue``)."""
+    """What a dead or silent peer (over http) or a dead shard of clients (on Ray) does to a run:
+    end it (``fail``) or be dropped while the run goes on with the rest (``continue``; a silent
+    peer after ``peer_deadline_s``)."""
     peer_deadline_s: float = Field(default=30.0, gt=0, le=MAX_SECONDS, strict=True)
     """Wall seconds the server waits for one peer's message before dropping it (``continue``)."""
     round_deadline_s: Optional[float] = Field(default=None, gt=0, le=MAX_VIRTUAL_SECONDS, strict=True)
@@ -476,16 +477,16 @@ class Scenario:
 
     @model_validator(mode="after")
     def _faults_need_the_node_engine(self) -> "Scenario":
-        # Who takes part when, and dropped peers, are executed by the node engine only: the cohort
-        # engine batches every client in every step, and Ray's actors run their own loop.
+        # Who takes part when, and dropped peers, are executed by the node engine only (Ray's
+        # actors run it too); the cohort engine batches every client in every step.
         engine = self.execution.engine
-        if engine in ("cohort", "ray") and self.faults != FaultsSpec():
+        if engine == "cohort" and self.faults != FaultsSpec():
             raise ValueError(f"@faults execution.engine {engine} runs every client in every step, so it cannot "
-                             "take faults (expected execution.engine: nodes, or no faults section)")
-        if (self.faults.policy == "continue" and self.transport.kind == "http"
+                             "take faults (expected execution.engine: nodes or ray, or no faults section)")
+        if (self.faults.policy == "continue" and (self.transport.kind == "http" or engine == "ray")
                 and self.faults.peer_deadline_s >= self.transport.timeout_s):
             # The live clients wait for the server at most timeout_s: a longer wait for a dead
-            # peer would time them out too.
+            # (or, on Ray, a hung) peer would time them out too.
             raise ValueError(f"@faults.peer_deadline_s must be below transport.timeout_s "
                              f"({self.transport.timeout_s:g} s) under policy continue "
                              f"(got {self.faults.peer_deadline_s:g} s)")

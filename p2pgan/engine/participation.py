@@ -5,7 +5,8 @@ know without being told when they sit out an iteration, skip a federation or rej
 can know is a peer that died or fell silent (``faults.policy: continue``): the server drops it for
 the rest of the run (:meth:`Participation.drop`), which makes later ``present`` / ``at_federation``
 answers leave it out, and publishes :class:`~p2pgan.protocol.events.ParticipationChanged` so the
-results, the latency pricing and the live view learn it too.
+results, the latency pricing and the live view learn it too. On Ray the driver knows when a
+shard of clients died and has the server drop them all at once (:meth:`Participation.drop_gone`).
 
 A client back after missing a federation loads its cluster's weights: the server remembers, for
 every client, the members of the cluster it was last aggregated in, and gives a returning client
@@ -18,7 +19,7 @@ The server's part of a checkpoint (only with faults in force) is two tensors und
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -46,6 +47,9 @@ class Participation:
         self._members: dict[str, frozenset[str]] = {}
         self.now: frozenset[str] = frozenset(self._clients)
         """Who takes part at the current point of the run (an iteration, or a round's end)."""
+        self.position: tuple[int, int] | None = None
+        """Where the server is: ``(round, step)`` of its current iteration, ``(round, -1)`` at a
+        round's federation; ``None`` before its first."""
 
     @property
     def active(self) -> bool:
@@ -65,12 +69,14 @@ class Participation:
 
     def enter(self, round_: int, step: int) -> frozenset[str]:
         """Iteration ``(round_, step)`` starts: who takes part (the change, if any, published)."""
+        self.position = (round_, step)
         self.now = self.plan.present(round_, step)
         if self.now != self._shown:
             self._publish(round_, step, self._reason(round_, step))
         return self.now
 
     def at_federation(self, round_: int) -> frozenset[str]:
+        self.position = (round_, -1)
         self.now = self.plan.at_federation(round_)
         return self.now
 
@@ -92,6 +98,36 @@ class Participation:
             self._bus.publish(LogEvent(f"round {round_} step {step}: peer {client} dropped ({problem}); "
                                        f"the run goes on with {len(left)} client{'s' if len(left) != 1 else ''}",
                                        "warning"))
+
+    def drop_gone(self, clients: Sequence[str], problem: str, first_round: int = 1) -> tuple[int, int] | None:
+        """``clients`` are gone together (a Ray shard that died, under ``policy: continue``): out
+        for good from the server's current iteration, or from the next round when it is at a
+        round's federation (``first_round``'s first step before it started). One change published
+        and one warning line; returns the point they are out from (``None``: all were out already).
+        """
+        gone = [c for c in natural_sorted(clients) if c in self._clients and c not in self._dropped]
+        if not gone:
+            return None
+        if self.position is None:
+            round_, step = first_round, 0
+        else:
+            round_, step = self.position if self.position[1] >= 0 else (self.position[0] + 1, 0)
+        plan = self.plan
+        for client in gone:
+            plan = plan.with_dropped(client, round_, step, "peer")
+        left = natural_sorted(plan.present(round_, step))
+        if not left:  # refused whole: the run ends with this error, its state as it was
+            raise P2PGanError(f"faults.policy continue: every client is gone ({problem})")
+        self.plan = plan
+        self._dropped.update({client: (round_, step, problem) for client in gone})
+        self.now = self.now - set(gone)
+        names = ", ".join(gone)
+        self._publish(round_, step, f"{names} dropped: {problem}", present=frozenset(left))
+        if self._bus is not None:
+            self._bus.publish(LogEvent(f"round {round_} step {step}: {problem}; client{'s' if len(gone) > 1 else ''} "
+                                       f"{names} dropped, the run goes on with {len(left)} "
+                                       f"client{'s' if len(left) != 1 else ''}", "warning"))
+        return round_, step
 
     def _publish(self, round_: int, step: int, reason: str, present: frozenset[str] | None = None) -> None:
         shown = self.now if present is None else present

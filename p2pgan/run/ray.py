@@ -23,12 +23,17 @@
    actor its nodes' states, so actors never need the results folder's disk;
 6. on an actor that dies, an actor that fails, an unreachable cluster or Ctrl-C: records one line
    naming the actor, tells every other actor to abort, keeps what was written, writes the summary
-   (``failed`` / ``interrupted``) and kills every actor it created.
+   (``failed`` / ``interrupted``) and kills every actor it created;
+7. except, under ``faults.policy: continue``, for a shard that dies or fails: its clients are gone
+   (the server actor drops them at once, and learns it itself from a message it cannot deliver),
+   no later step or checkpoint waits for them, and a resume hosts them nowhere. The server actor
+   dying always fails the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -49,10 +54,12 @@ import torch
 from p2pgan.bus import EventBus
 from p2pgan.config.schema import Scenario
 from p2pgan.data import clear_cache
+from p2pgan.engine.participation import ParticipationView
 from p2pgan.engine.state import NodeState
 from p2pgan.errors import ClusterError, P2PGanError, PeerError
 from p2pgan.ids import SERVER_ID, natural_key
-from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, RoundAggregated, RunFinished)
+from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, ParticipationChanged, RoundAggregated,
+                                    RunFinished)
 from p2pgan.report.write import write_report
 from p2pgan.run.checkpoint import Checkpointable, CheckpointMarkers, ResumePoint, RoundCheckpointer, RunSide
 from p2pgan.run.closer import RoundCloser
@@ -262,6 +269,8 @@ class NodeHost:
         self._done: dict[str, Any] | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._nodes: _KeptNodes | None = None
+        self._gone_at_start: tuple[list[str], str] | None = None
 
     async def prepare(self, raw: dict[str, Any], source: str, costs, resume: ResumeStates | None = None
                       ) -> dict[str, Any]:
@@ -281,14 +290,36 @@ class NodeHost:
     async def connect(self, routes: Mapping[str, Any], names: Mapping[str, str]) -> None:
         """Open this actor's endpoints (so peers can deliver from now on)."""
         scenario = self._prepared.scenario
+        if SERVER_ID in self.node_ids and self._prepared.faults.policy == "continue":
+            routes = _shard_routes(routes, names, self._drop)
         self._transport = create_transport("ray", routes=routes, actor_names=names,
                                            receive_timeout_s=scenario.transport.timeout_s,
                                            message_specs=strategy_for(scenario).program.message_specs())
         await self._transport.open(self.node_ids)
 
-    async def start(self) -> None:
+    async def start(self, gone: Sequence[str] = (), why: str = "") -> None:
+        """Run the nodes; ``gone`` (the server's host, resuming): clients already gone, dropped before
+        the first iteration."""
         self._wake = asyncio.Event()
+        self._gone_at_start = (list(gone), why) if gone else None
+        self._nodes = _KeptNodes(strategy_for(self._prepared.scenario), self._created)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def drop_peers(self, clients: Sequence[str], problem: str) -> None:
+        """The server's host, ``faults.policy: continue``: ``clients`` are gone (their shard died);
+        the server drops them at once."""
+        if self._nodes is not None:
+            await self._nodes.created.wait()
+            self._drop(clients, problem)
+
+    def _drop(self, clients: Sequence[str], problem: str) -> None:
+        server = self._nodes.nodes.get(SERVER_ID) if self._nodes is not None else None
+        if server is None:
+            return
+        try:
+            server.participation.drop_gone(clients, problem, self._first_round)
+        except P2PGanError as exc:  # nobody left: the server's next receive ends its run with this
+            self._transport.fail_all(exc)
 
     async def deliver(self, parcels) -> None:
         self._transport.receive(parcels)
@@ -322,7 +353,7 @@ class NodeHost:
             self._meter.mark(event.round, event.step)
         # Clients' losses, round ends and log lines; the server's computes feed the wall clock.
         # Transfers and clients' computes stay here: latency is priced from the program.
-        if isinstance(event, (ClientLosses, RoundAggregated, LogEvent)) or (
+        if isinstance(event, (ClientLosses, RoundAggregated, LogEvent, ParticipationChanged)) or (
                 isinstance(event, ComputeEvent) and event.node == SERVER_ID):
             self._events.append(event)
             if self._wake is not None:
@@ -345,8 +376,8 @@ class NodeHost:
         done: dict[str, Any] = {"status": "completed", "peer": None, "problem": "", "exit_code": 0}
         try:
             checkpoint = self._checkpoint if self._prepared.scenario.checkpoint.enabled else None
-            await run_nodes(self._prepared, self._transport, bus, self.node_ids, first_round=self._first_round,
-                            states=self._resume_states, checkpoint=checkpoint)
+            await run_nodes(self._prepared, self._transport, bus, self.node_ids, strategy=self._nodes,
+                            first_round=self._first_round, states=self._resume_states, checkpoint=checkpoint)
         except P2PGanError as exc:
             peer = exc.peer if isinstance(exc, PeerError) else None
             problem = str(exc).removeprefix(f"peer {peer}: ") if peer else str(exc)
@@ -360,6 +391,62 @@ class NodeHost:
         self._done = done
         self._wake.set()
 
+    def _created(self, node: Any) -> None:
+        if node.node_id == SERVER_ID and self._gone_at_start is not None:
+            self._drop(*self._gone_at_start)
+
+
+class _KeptNodes:
+    """The strategy as :func:`run_nodes` uses it, keeping the nodes it creates: the server's host
+    reaches its server's participation (to drop a dead shard's clients)."""
+
+    def __init__(self, strategy, created: Callable[[Any], None]) -> None:
+        self._strategy = strategy
+        self._created = created
+        self.nodes: dict[str, Any] = {}
+        self.created = asyncio.Event()
+
+    def create_node(self, prepared, node_id: str, endpoint, bus: EventBus):
+        node = self._strategy.create_node(prepared, node_id, endpoint, bus)
+        self.nodes[node_id] = node
+        self._created(node)
+        self.created.set()
+        return node
+
+
+class _ShardRoute:
+    """The server's route to one shard under ``faults.policy: continue``, in place of the shard's
+    actor handle: a call the actor can no longer take (it died) drops the shard's clients instead
+    of failing the server's transport (the parcels are lost with the shard)."""
+
+    def __init__(self, handle: Any, clients: list[str], label: str, gone: Callable[[list[str], str], None]) -> None:
+        self._handle = handle
+        self._clients = clients
+        self._label = label
+        self._gone = gone
+        self.deliver = self  # the transport calls ``route.deliver.remote(parcels)``, as on a handle
+
+    def remote(self, parcels):
+        return self._answer(self._handle.deliver.remote(parcels))
+
+    async def _answer(self, answer) -> None:
+        try:
+            await answer
+        except ray.exceptions.RayActorError:
+            self._gone(self._clients, f"{self._label} died")
+
+
+def _shard_routes(routes: Mapping[str, Any], names: Mapping[str, str],
+                  gone: Callable[[list[str], str], None]) -> dict[str, Any]:
+    """``routes`` with every client's actor handle behind one :class:`_ShardRoute` per actor."""
+    by_actor: dict[int, tuple[Any, list[str]]] = {}
+    for node, handle in routes.items():
+        if node != SERVER_ID:
+            by_actor.setdefault(id(handle), (handle, []))[1].append(node)
+    wrapped = {key: _ShardRoute(handle, clients, names.get(clients[0], "ray actor"), gone)
+               for key, (handle, clients) in by_actor.items()}
+    return {node: handle if node == SERVER_ID else wrapped[id(handle)] for node, handle in routes.items()}
+
 
 # -- the driver ---------------------------------------------------------------------------------
 
@@ -372,6 +459,8 @@ class _Actor:
     placed: dict[str, Any] = field(default_factory=dict)
     done: dict[str, Any] | None = None
     gone: bool = False
+    lost: str | None = None
+    """Under ``faults.policy: continue``: how this shard was lost (``died (...)``, ``failed: ...``)."""
 
     @property
     def label(self) -> str:
@@ -401,9 +490,19 @@ class RayDriver:
         spec = self.scenario.ray
         self.client_ids = list(prepared.plan.client_ids)
         token = f"{self.scenario.name}-{secrets.token_hex(3)}"
+        self._continues = prepared.faults.policy == "continue"
+        # Clients gone under faults.policy continue (their shard died or failed): no step waits for
+        # them, checkpoints record them without a state, and a resumed run hosts them nowhere.
+        self._gone: set[str] = set()
+        self._unknown_to_server: list[str] = []
+        if resume is not None and self._continues:
+            dropped, stateless = _gone_in_checkpoint(resume, prepared.faults.client_ids)
+            self._gone = dropped | stateless
+            self._unknown_to_server = sorted(stateless - dropped, key=natural_key)
         shards = shard_clients(self.client_ids, spec.shards)
         self.actors = [_Actor("server", [SERVER_ID])] + [
-            _Actor(f"shard-{i}", ids) for i, ids in enumerate(shards)]
+            _Actor(f"shard-{i}", [c for c in ids if c not in self._gone]) for i, ids in enumerate(shards)
+            if any(c not in self._gone for c in ids)]
         self._names = {a.name: f"{token}-{a.name}" for a in self.actors}
         self._ray = RayConnection(address or ray_address(self.scenario),
                                   spec.num_cpus_per_shard * len(self.actors), startup_timeout_s)
@@ -414,6 +513,11 @@ class RayDriver:
         self._pending_steps: dict[tuple[int, int], dict[str, ClientLosses]] = {}
         self._order = {cid: i for i, cid in enumerate(sorted(self.client_ids, key=natural_key))}
         self._checkpointer: RoundCheckpointer | None = None
+        self._view = ParticipationView(prepared.faults)
+        """Who takes part when, as the server's ``ParticipationChanged`` events tell it."""
+        self._aggregated = resume.round if resume is not None else 0
+        self._state_round: dict[str, int] = {}
+        """Each node's newest round whose state reached this driver (checkpoints)."""
 
     def run(self) -> RunOutcome:
         scenario, prepared, resume = self.scenario, self.prepared, self.resume
@@ -535,7 +639,9 @@ class RayDriver:
         await self._each("connect", lambda a: a.handle.connect.remote(routes, names), self._startup_timeout_s,
                          "did not open its endpoints")
         if self._failure is None:
-            await self._each("start", lambda a: a.handle.start.remote(), self._startup_timeout_s, "did not start")
+            gone = (self._unknown_to_server, "gone before the resume (no state in the checkpoint)")
+            await self._each("start", lambda a: a.handle.start.remote(*(gone if a.name == "server" else ())),
+                             self._startup_timeout_s, "did not start")
 
     def _resume_states(self, actor: _Actor):
         """The actor's nodes' saved states, read here and put in the object store for it."""
@@ -593,22 +699,65 @@ class RayDriver:
             ok, value = await self._await(actor.handle.next_events.remote())
             if not ok:
                 actor.gone = True
-                self._fail(actor, value)
+                if self._may_lose(actor):
+                    await self._lose(actor, "died", value)
+                else:
+                    self._fail(actor, value)
                 return
             events, done = value
             for event in events:
                 self._on_event(event)
             if done is not None:
                 actor.done = done
-                if done["status"] != "completed":
+                if done["status"] == "failed" and self._may_lose(actor):
+                    await self._lose(actor, "failed", str(done.get("problem") or "failed"))
+                elif done["status"] != "completed":
                     self._fail_reported(actor, done)
                 self._stop.set()
                 return
 
     async def _until_done_or_failed(self) -> None:
-        while self._failure is None and not all(a.done is not None for a in self.actors):
+        while self._failure is None and not all(a.done is not None or a.lost is not None for a in self.actors):
             self._stop.clear()
             await self._stop.wait()
+
+    # -- faults.policy continue: a shard lost, its clients dropped ---------------------------------
+
+    def _may_lose(self, actor: _Actor) -> bool:
+        """A shard (never the server) that died or failed leaves the run under ``policy: continue``."""
+        return self._continues and actor.name != "server" and self._failure is None
+
+    async def _lose(self, actor: _Actor, how: str, problem: str) -> None:
+        """The shard is gone: its clients leave every later step and checkpoint, and the server
+        drops them at once (one ``ParticipationChanged``, one warning line naming the shard)."""
+        actor.lost = problem if how == "died" else f"failed: {problem}"  # "died (...)": Ray's words
+        clients = [n for n in actor.node_ids if n != SERVER_ID]
+        self._gone.update(clients)
+        if actor.handle is not None and how == "failed":  # its nodes stopped: nothing left to keep
+            try:
+                ray.kill(actor.handle, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self._checkpoint_gone(clients, self._aggregated)
+        server = self.actors[0]
+        if server.done is None and not server.gone:
+            reason = f"{actor.label} died" if how == "died" else f"{actor.label} failed ({problem})"
+            ok, value = await self._await(server.handle.drop_peers.remote(clients, reason))
+            if not ok:
+                server.gone = True
+                self._fail(server, value)
+        self._flush_steps()
+        self._stop.set()
+
+    def _checkpoint_gone(self, clients: Sequence[str], up_to: int) -> None:
+        """A gone client's part of each checkpoint up to round ``up_to``: a state without tensors
+        (it has nothing to continue from; a resume hosts it nowhere), so checkpoints complete."""
+        if self._checkpointer is None:
+            return
+        first = self.resume.round if self.resume is not None else 0
+        for client in clients:
+            for round_ in range(max(first, self._state_round.get(client, 0)) + 1, up_to + 1):
+                self._checkpointer(round_, NodeState(client, {}))
 
     async def _abort_all(self) -> None:
         assert self._failure is not None
@@ -629,20 +778,28 @@ class RayDriver:
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, NodeCheckpoint):
+            self._state_round[event.node] = max(event.round, self._state_round.get(event.node, 0))
             if self._checkpointer is not None:
                 self._checkpointer(event.round, NodeState(event.node, from_arrays(event.arrays)))
         elif isinstance(event, ClientLosses):
             self._pending_steps.setdefault((event.round, event.step), {})[event.node] = event
             self._flush_steps()
+        elif isinstance(event, ParticipationChanged):
+            self._view(event)
+            self.bus.publish(event)
+            self._flush_steps()
         else:
+            if isinstance(event, RoundAggregated):
+                self._aggregated = max(self._aggregated, event.round)
+                self._checkpoint_gone(sorted(self._gone, key=natural_key), event.round)
             self.bus.publish(event)
 
     def _flush_steps(self, everything: bool = False) -> None:
-        """Publish each step's losses once every client reported it, in client-id order (a memory
-        run's order), so ``steps.jsonl`` is the same file."""
+        """Publish each step's losses once every client taking part reported it, in client-id
+        order (a memory run's order), so ``steps.jsonl`` is the same file."""
         for key in sorted(self._pending_steps):
             records = self._pending_steps[key]
-            if len(records) < len(self.client_ids) and not everything:
+            if not everything and not (self._view.plan.present(*key) - self._gone) <= set(records):
                 break
             for node in sorted(records, key=lambda n: self._order.get(n, len(self._order))):
                 self.bus.publish(records[node])
@@ -678,10 +835,32 @@ class RayDriver:
             self._fail(actor, problem)
 
     def _placement(self) -> dict[str, Any]:
-        return {"address": self._ray.address, "actors": {
+        placement = {"address": self._ray.address, "actors": {
             a.name: {"clients": [n for n in a.node_ids if n != SERVER_ID], **a.placed,
-                     **({"meter": a.done["meter"]} if a.done and "meter" in a.done else {})}
+                     **({"meter": a.done["meter"]} if a.done and "meter" in a.done else {}),
+                     **({"lost": a.lost} if a.lost else {})}
             for a in self.actors}}
+        if self._gone:
+            placement["clients_gone"] = sorted(self._gone, key=natural_key)
+        return placement
+
+
+def _gone_in_checkpoint(resume: ResumePoint, client_ids: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Clients a checkpoint has gone under ``faults.policy: continue``: those the server dropped
+    (its ``faults/dropped``), and those without a state (their shard died before sending it)."""
+    dropped_rows = resume.node_state(SERVER_ID).tensors.get("faults/dropped")
+    dropped = ({cid for cid, (round_, _) in zip(client_ids, dropped_rows.tolist()) if round_ >= 0}
+               if dropped_rows is not None else set())
+    stateless = set()
+    for cid in client_ids:
+        sidecar = resume.folder / f"{cid}.json"
+        try:
+            tensors = json.loads(sidecar.read_text(encoding="utf-8"))["tensors"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise P2PGanError(f"{sidecar}: not a valid checkpoint file ({type(exc).__name__})") from None
+        if not tensors:
+            stateless.add(cid)
+    return dropped, stateless
 
 
 def _first_line(exc: BaseException) -> str:

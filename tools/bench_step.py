@@ -1,22 +1,30 @@
-"""Time one training iteration: node engine vs cohort engine vs a monolithic loop, against a large
-fp32 GEMM measured in the same run.
+"""Time one training iteration: the issue-time main's node engine (the baseline) vs today's node
+engine vs the cohort engine vs a monolithic loop, against a large fp32 GEMM measured in the same run.
 
-All three do the same math on the same batch sizes: every client runs G forward, D on fake and
-real, a D step, a G step. ``mono`` runs each client's whole G and D as plain modules in a Python
-loop; ``nodes`` runs ClientNode/ServerNode actors over the memory transport, the server's middle
-blocks batched over clients; ``cohort`` runs the same program for every client in one engine
-without a transport (``p2pgan.engine.cohort``), with the device's default kernel policy (on the
-CPU contiguous, as the node engine; ``--cl-blocks`` puts blocks in ``channels_last``);
-``cohort-contiguous`` is the cohort with every block contiguous whatever the policy. Each (implementation,
-size) runs in a fresh subprocess so that its peak memory is its own.
+All do the same math on the same batch sizes: every client runs G forward, D on fake and real, a D
+step, a G step. ``baseline`` is the node engine of commit ``BASELINE_COMMIT`` (issue 14's "today's
+main"), extracted with ``git archive`` into a temporary folder and run from there with its own API,
+set up exactly as that commit's own bench_step set it up (same plans, cuts, data); ``mono`` runs
+each client's whole G and D as plain modules in a Python loop; ``nodes`` runs ClientNode/ServerNode
+actors over the memory transport, the server's middle blocks batched over clients; ``cohort`` runs
+the same program for every client in one engine without a transport (``p2pgan.engine.cohort``) with
+the device's default kernel policy (on the CPU every convolution in ``channels_last``, as the
+blocks are built and as the node engine runs them; ``--cl-blocks`` chooses other blocks);
+``cohort-contiguous`` is the cohort with every block contiguous (what the CPU ran before). Each
+(implementation, size) runs in a fresh subprocess so that its peak memory is its own; with
+``--interleave`` they are all alive at once and iterate in turn, so the load of a shared machine
+falls on all of them alike (their memory adds up meanwhile).
 
-For each it prints seconds per iteration (median of ``--reps`` after ``--warmup``), the achieved
-GFLOP/s (FLOPs of the iteration as the latency model counts them, from the model's measured
-costs), that rate as a share of the GEMM measured in this run and of the nominal fp32 peak
-(cores x FLOP/cycle x clock, from the flags), and the peak memory per client.
+For each it prints seconds per iteration (median of ``--rounds x --reps`` after ``--warmup``), the
+achieved GFLOP/s (FLOPs of the iteration as the latency model counts them, from the model's
+measured costs), that rate as a share of the GEMM measured in this run and of the nominal fp32
+peak (cores x FLOP/cycle x clock, from the flags), the peak memory per client, the speedup against
+the baseline (ratio of medians and, interleaved, the median of the per-step ratios) and against
+today's node engine, and the machine's load average before and after.
 
-    python tools/bench_step.py                                   # the two reference sizes
-    python tools/bench_step.py --sizes 12:0.25:32 --reps 5 --impls nodes cohort cohort-contiguous --clock cpu
+    python tools/bench_step.py                                   # both reference sizes, baseline included
+    python tools/bench_step.py --threads 1 --clock cpu --interleave --reps 10   # fair on a busy machine
+    python tools/bench_step.py --sizes 12:0.25:32 --impls cohort cohort-contiguous --baseline none
     python tools/bench_step.py --json out.json                   # also write the table as JSON
 """
 
@@ -25,16 +33,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 
 import torch
 from torch.nn import functional as F
 
-IMPLS = ("mono", "nodes", "cohort", "cohort-contiguous")
+IMPLS = ("baseline", "mono", "nodes", "cohort", "cohort-contiguous")
+BASELINE_COMMIT = "3900328"
+"""The issue-time main the targets are stated against (issue 14: >= 2x at 12:0.25:32, >= 1.2x at 16:1:64)."""
 DEFAULT_SIZES = ("12:0.25:32", "16:1:64")
 
 
@@ -87,17 +100,45 @@ def elapsed(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def timed(times: list[tuple[float, float]], base_mb: float) -> dict:
-    return {"times": [w for w, _ in times], "cpu_times": [c for _, c in times], "peak_mb": peak_rss_mb(),
-            "base_mb": base_mb}
-
-
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def nodes_worker(clients: int, width: float, batch: int, reps: int, warmup: int, device: str = "cpu") -> dict:
+Step = Callable[[int], object]
+"""One iteration of an implementation, given the step number."""
+
+
+def drive(made: tuple[float, Step], reps: int, warmup: int, device: str, gated: bool) -> dict:
+    """Time ``warmup + reps`` iterations of a made implementation. ``gated``: each iteration waits
+    for a ``go`` line on stdin and answers ``done`` on stdout, so that a parent can interleave the
+    iterations of several implementations, each in its own process (see ``--interleave``)."""
+    base_mb, step = made
+    if gated:
+        print("ready", flush=True)
+    times = []
+    for i in range(warmup + reps):
+        if gated and sys.stdin.readline().strip() != "go":
+            raise SystemExit("interleaved worker: the parent went away")
+        start = clocks()
+        step(i)
+        sync(device)
+        times.append(elapsed(start))
+        if gated:
+            print("done", flush=True)
+    times = times[warmup:]
+    return {"times": [w for w, _ in times], "cpu_times": [c for _, c in times], "peak_mb": peak_rss_mb(),
+            "base_mb": base_mb}
+
+
+def on_loop(make_nodes: Callable[[], Awaitable[list]], iteration: Callable[[list, int], Awaitable]) -> Step:
+    """An async implementation as a step: its nodes made and every iteration run on one loop."""
+    loop = asyncio.new_event_loop()
+    nodes = loop.run_until_complete(make_nodes())
+    return lambda i: loop.run_until_complete(iteration(nodes, i))
+
+
+def make_nodes(clients: int, width: float, batch: int, steps: int, device: str = "cpu") -> tuple[float, Step]:
     from p2pgan.bus import EventBus
     from p2pgan.engine.client import ClientNode
     from p2pgan.engine.server import ServerNode
@@ -106,54 +147,88 @@ def nodes_worker(clients: int, width: float, batch: int, reps: int, warmup: int,
     from p2pgan.strategies.fedavg import SplitFedAvg
     from transports.memory import MemoryTransport
 
-    setup, plan, data = split_setup(clients, width, batch, warmup + reps)
+    setup, plan, data = split_setup(clients, width, batch, steps)
     base = peak_rss_mb()
 
-    async def go() -> list[float]:
+    async def build() -> list:
         transport = MemoryTransport()
         endpoints = await transport.open([SERVER_ID, *plan.client_ids])
         bus = EventBus()
         # A device is passed only where one is asked for (the node engine's device support is its own).
         on = {} if device == "cpu" else {"device": torch.device(device)}
         server = ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED, **on)
-        nodes = [ClientNode(setup, p, plan.schedule, data[p.client_id], endpoints[p.client_id], bus, U_SHAPED, **on)
-                 for p in plan.clients]
-        times = []
-        for step in range(warmup + reps):
-            start = clocks()
-            await asyncio.gather(server.iteration(1, step), *(n.iteration(1, step) for n in nodes))
-            sync(device)
-            times.append(elapsed(start))
-        return times[warmup:]
+        return [server, *(ClientNode(setup, p, plan.schedule, data[p.client_id], endpoints[p.client_id], bus,
+                                     U_SHAPED, **on) for p in plan.clients)]
 
-    return timed(asyncio.run(go()), base)
+    async def iteration(nodes: list, i: int) -> None:
+        await asyncio.gather(*(n.iteration(1, i) for n in nodes))
+
+    return base, on_loop(build, iteration)
 
 
-def cohort_worker(clients: int, width: float, batch: int, reps: int, warmup: int, device: str = "cpu",
-                  channels_last: frozenset[str] | None = None) -> dict:
+def make_cohort(clients: int, width: float, batch: int, steps: int, device: str = "cpu",
+                channels_last: frozenset[str] | None = None) -> tuple[float, Step]:
     """``channels_last``: the blocks in that format (``None``: the device's default policy)."""
     from p2pgan.bus import EventBus
     from p2pgan.engine.cohort import CohortEngine
-    from p2pgan.engine.execution import KernelPolicy, default_policy
+    from p2pgan.engine.execution import KernelPolicy
     from p2pgan.plan.program import U_SHAPED
     from p2pgan.strategies.fedavg import SplitFedAvg
 
-    setup, plan, data = split_setup(clients, width, batch, warmup + reps)
+    setup, plan, data = split_setup(clients, width, batch, steps)
     base = peak_rss_mb()
     if device.startswith("cuda"):
         from p2pgan.engine.execution import exact_cuda
 
         exact_cuda()
-    policy = (default_policy(torch.device(device)) if channels_last is None
-              else KernelPolicy(torch.device(device), channels_last))
+    policy = KernelPolicy(torch.device(device), channels_last)
     engine = CohortEngine(setup, plan, data, SplitFedAvg(), 1, U_SHAPED, EventBus(), policy)
-    times = []
-    for step in range(warmup + reps):
-        start = clocks()
-        engine.iteration(1, step)
-        sync(device)
-        times.append(elapsed(start))
-    return timed(times[warmup:], base)
+    return base, lambda i: engine.iteration(1, i)
+
+
+def make_baseline(clients: int, width: float, batch: int, steps: int, device: str = "cpu") -> tuple[float, Step]:
+    """The node engine of the issue-time main (commit ``BASELINE_COMMIT``), built exactly as that
+    commit's own ``tools/bench_step.py`` built it (same plans, cuts, data, memory transport), timed
+    with this file's clocks. Runs in a subprocess whose ``PYTHONPATH`` puts that commit's tree
+    first, so every import below is that commit's API."""
+    from p2pgan.engine.client import ClientNode, LocalData
+    from p2pgan.engine.messages import SERVER_ID
+    from p2pgan.engine.plan import ClientPlan, RunPlan, Schedule
+    from p2pgan.engine.server import ServerNode
+    from p2pgan.engine.setup import NodeSetup
+    from p2pgan.events import EventBus
+    from p2pgan.federation.fedavg import SizeWeightedFedAvg
+    from p2pgan.model.blocks import ModelSpec
+    from p2pgan.model.costs import profile_model
+    from p2pgan.model.segments import all_cut_options
+    from transports.memory import MemoryTransport
+
+    if device != "cpu":
+        raise SystemExit("the baseline runs on the CPU only")
+    spec = ModelSpec(width=width)
+    setup = NodeSetup(spec, profile_model(spec), 0, 2e-4, (0.5, 0.999))
+    options = all_cut_options()
+    plans = tuple(ClientPlan(f"c{i:03d}", options[(5 * i) % 16], 4 * batch) for i in range(clients))
+    schedule = Schedule(1, 1, steps, batch)
+    plan = RunPlan(plans, schedule)
+    base = peak_rss_mb()
+
+    def data(n: int, seed: int) -> LocalData:
+        gen = torch.Generator().manual_seed(seed)
+        return LocalData(torch.rand(n, 1, 28, 28, generator=gen) * 2 - 1, torch.randint(0, 10, (n,), generator=gen))
+
+    async def build() -> list:
+        transport = MemoryTransport()
+        endpoints = await transport.open([SERVER_ID, *plan.client_ids])
+        bus = EventBus()
+        server = ServerNode(setup, plan, SizeWeightedFedAvg(), 1, endpoints[SERVER_ID], bus)
+        return [server, *(ClientNode(setup, p, schedule, data(p.num_examples, i), endpoints[p.client_id], bus)
+                          for i, p in enumerate(plans))]
+
+    async def iteration(nodes: list, i: int) -> None:
+        await asyncio.gather(*(n.iteration(1, i) for n in nodes))
+
+    return base, on_loop(build, iteration)
 
 
 def mono_models(clients: int, width: float, batch: int, device: str = "cpu") -> list[tuple]:
@@ -195,17 +270,11 @@ def mono_iteration(models: list[tuple], batch: int, width: float, gen: torch.Gen
         g_opt.step()
 
 
-def mono_worker(clients: int, width: float, batch: int, reps: int, warmup: int, device: str = "cpu") -> dict:
+def make_mono(clients: int, width: float, batch: int, steps: int, device: str = "cpu") -> tuple[float, Step]:
     base = peak_rss_mb()
     models = mono_models(clients, width, batch, device)
     gen = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(warmup + reps):
-        start = clocks()
-        mono_iteration(models, batch, width, gen, device)
-        sync(device)
-        times.append(elapsed(start))
-    return timed(times[warmup:], base)
+    return base, lambda i: mono_iteration(models, batch, width, gen, device)
 
 
 def gemm_gflops(n: int, reps: int, device: str = "cpu", use_cpu_clock: bool = False) -> float:
@@ -226,7 +295,8 @@ def gemm_gflops(n: int, reps: int, device: str = "cpu", use_cpu_clock: bool = Fa
     return 2 * n**3 / best / 1e9
 
 
-def run_worker(impl: str, clients: int, width: float, batch: int, args: argparse.Namespace) -> dict:
+def worker_command(impl: str, clients: int, width: float, batch: int, args: argparse.Namespace,
+                   baseline: str | None, gated: bool) -> tuple[list[str], dict[str, str]]:
     cmd = [sys.executable, __file__, "--worker", impl, "--sizes", f"{clients}:{width}:{batch}",
            "--reps", str(args.reps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--device", args.device]
@@ -234,11 +304,89 @@ def run_worker(impl: str, clients: int, width: float, batch: int, args: argparse
         cmd += ["--cl-blocks", *args.cl_blocks]
     if args.default_malloc:
         cmd.append("--default-malloc")
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    if gated:
+        cmd.append("--gated")
+    env = dict(os.environ)
+    if impl == "baseline":
+        # That commit's tree first on the path: its p2pgan and transports shadow the installed ones.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
+    return cmd, env
+
+
+def run_worker(impl: str, clients: int, width: float, batch: int, args: argparse.Namespace,
+               baseline: str | None) -> dict:
+    cmd, env = worker_command(impl, clients, width, batch, args, baseline, gated=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": last}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_interleaved(impls: list[str], clients: int, width: float, batch: int, args: argparse.Namespace,
+                    baseline: str | None) -> dict[str, dict]:
+    """Every implementation in its own process (its peak memory its own), all alive at once,
+    iterating in turn: one iteration of each, the order rotating by one every step, while the
+    others wait. Whatever load the machine carries meanwhile falls on all of them alike."""
+    procs: dict[str, subprocess.Popen] = {}
+    errors: dict[str, dict] = {}
+    with tempfile.TemporaryFile("w+") as stderr:
+        for impl in impls:
+            cmd, env = worker_command(impl, clients, width, batch, args, baseline, gated=True)
+            procs[impl] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                           text=True, env=env)
+
+        def expect(impl: str, word: str) -> bool:
+            line = procs[impl].stdout.readline().strip()
+            if line != word:
+                errors[impl] = {"error": f"worker said {line!r} instead of {word!r} (exit {procs[impl].poll()})"}
+                return False
+            return True
+
+        live = [impl for impl in impls if expect(impl, "ready")]
+        for step in range(args.warmup + args.reps):
+            turn = live[step % len(live):] + live[:step % len(live)] if live else []
+            for impl in turn:
+                procs[impl].stdin.write("go\n")
+                procs[impl].stdin.flush()
+                if not expect(impl, "done"):
+                    live.remove(impl)
+        results = {}
+        for impl in impls:
+            proc = procs[impl]
+            # Not communicate(): it reads the pipe's descriptor and would miss what readline()
+            # already buffered (the last "done" and the result often arrive together).
+            proc.stdin.close()
+            out = proc.stdout.read()
+            proc.wait()
+            if impl in errors:
+                results[impl] = errors[impl]
+            elif proc.returncode != 0 or not out.strip():
+                results[impl] = {"error": f"worker exited {proc.returncode}"}
+            else:
+                results[impl] = json.loads(out.strip().splitlines()[-1])
+        if errors:
+            stderr.seek(0)
+            tail = stderr.read().strip().splitlines()
+            for res in results.values():
+                if "error" in res and tail:
+                    res["error"] += f"; stderr: {tail[-1]}"
+    return results
+
+
+def baseline_tree(spec: str, scratch: str) -> str | None:
+    """The baseline's source tree: ``none``, a folder, or a commit of this repository extracted
+    with ``git archive`` into ``scratch`` (the work tree and the index are not touched)."""
+    if spec == "none":
+        return None
+    if os.path.isdir(spec):
+        return os.path.abspath(spec)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(["git", "-C", repo, "archive", spec], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline: {spec!r} is neither a folder nor a commit of {repo}")
+    subprocess.run(["tar", "-x", "-C", scratch], input=archive.stdout, check=True)
+    return scratch
 
 
 def parse_size(text: str) -> tuple[int, float, int]:
@@ -249,9 +397,16 @@ def parse_size(text: str) -> tuple[int, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), metavar="CLIENTS:WIDTH:BATCH")
-    parser.add_argument("--impls", nargs="+", default=["mono", "nodes", "cohort"], choices=IMPLS)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--impls", nargs="+", default=["baseline", "mono", "nodes", "cohort"], choices=IMPLS)
+    parser.add_argument("--baseline", default=BASELINE_COMMIT, metavar="COMMIT|DIR|none",
+                        help="the tree the 'baseline' implementation runs from: a commit of this repository "
+                             f"(extracted with git archive into a temporary folder), a folder, or none "
+                             f"(default: {BASELINE_COMMIT}, the issue-time main)")
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every implementation this many times in turn, pooling their reps (drift on a "
+                             "shared machine then favours none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--gemm", type=int, default=4096, help="GEMM size n (n x n fp32)")
     parser.add_argument("--cores", type=int, default=0,
@@ -268,7 +423,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default allocator settings (the CLI tunes them; see p2pgan.runtime)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="all implementations of a size alive at once, one iteration each in turn (the fair "
+                             "comparison on a machine other work shares; their memory adds up meanwhile)")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--gated", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -278,57 +437,102 @@ def main() -> None:
 
             keep_freed_memory()  # every implementation alike, as the CLI runs them
         clients, width, batch = parse_size(args.sizes[0])
-        workers = {"mono": mono_worker, "nodes": nodes_worker, "cohort": cohort_worker,
-                   "cohort-contiguous": lambda *a: cohort_worker(*a, channels_last=frozenset())}
+        makers = {"baseline": make_baseline, "mono": make_mono, "nodes": make_nodes, "cohort": make_cohort,
+                  "cohort-contiguous": lambda *a: make_cohort(*a, channels_last=frozenset())}
         if args.cl_blocks is not None:
-            workers["cohort"] = lambda *a: cohort_worker(*a, channels_last=frozenset(args.cl_blocks))
-        print(json.dumps(workers[args.worker](clients, width, batch, args.reps, args.warmup, args.device)))
+            makers["cohort"] = lambda *a: make_cohort(*a, channels_last=frozenset(args.cl_blocks))
+        made = makers[args.worker](clients, width, batch, args.warmup + args.reps, args.device)
+        print(json.dumps(drive(made, args.reps, args.warmup, args.device, args.gated)), flush=True)
         return
+    with tempfile.TemporaryDirectory(prefix="bench-step-baseline-") as scratch:
+        baseline = baseline_tree(args.baseline, scratch) if "baseline" in args.impls else None
+        impls = [impl for impl in args.impls if impl != "baseline" or baseline is not None]
+        report(args, impls, baseline)
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def report(args: argparse.Namespace, impls: list[str], baseline: str | None) -> None:
     threads = args.threads or torch.get_num_threads()
     cores = args.cores or threads
     peak = cores * args.flop_per_cycle * args.clock_ghz
     use_cpu = args.clock == "cpu" and args.device == "cpu"
     gemm = gemm_gflops(args.gemm, 5, args.device, use_cpu)
-    print(f"torch {torch.__version__}, device {args.device}, {threads} thread(s), median of {args.reps} after {args.warmup} warm-up, "
-          f"mixed cuts, {'default' if args.default_malloc else 'tuned'} malloc")
+    print(f"torch {torch.__version__}, device {args.device}, {threads} thread(s), median of {args.reps * args.rounds} "
+          f"({args.rounds} x {args.reps} after {args.warmup} warm-up{', interleaved' if args.interleave else ''}), "
+          "mixed cuts, "
+          f"{'default' if args.default_malloc else 'tuned'} malloc")
     print(f"rates from {'CPU time per thread' if use_cpu else 'wall time'}; "
           f"GEMM {args.gemm}^2 fp32: {gemm:.1f} GFLOP/s; nominal peak {cores} cores x "
           f"{args.flop_per_cycle:g} FLOP/cycle x {args.clock_ghz:g} GHz = {peak:.0f} GFLOP/s")
+    if baseline is not None:
+        print(f"baseline: the node engine of {args.baseline} (its own bench_step setup), from {baseline}")
+    print(f"load average at start: {load_average()}")
     header = (f"{'size':>14} {'impl':>17} {'s/iter':>8} {'cpu s':>7} {'GFLOP/s':>8} {'%GEMM':>6} {'%peak':>6} "
-              f"{'MB/client':>9} {'vs nodes':>8}")
+              f"{'MB/client':>9} {'vs base':>8} {'paired':>8} {'vs nodes':>8}")
     print(header)
     rows = []
+    key = "cpu_times" if use_cpu else "times"
     for size in args.sizes:
         clients, width, batch = parse_size(size)
         gflop = iteration_flops(clients, width, batch) / 1e9
-        results = {}
-        for impl in args.impls:
-            results[impl] = run_worker(impl, clients, width, batch, args)
+        results: dict[str, dict] = {}
+        for _ in range(args.rounds):
+            done = (run_interleaved(impls, clients, width, batch, args, baseline) if args.interleave else
+                    {impl: run_worker(impl, clients, width, batch, args, baseline) for impl in impls})
+            for impl, res in done.items():
+                if "error" in res or "error" in results.get(impl, {}):
+                    results[impl] = res if "error" in res else results[impl]
+                    continue
+                pooled = results.setdefault(impl, {"times": [], "cpu_times": [], "peak_mb": 0.0, "base_mb": 0.0})
+                pooled["times"] += res["times"]
+                pooled["cpu_times"] += res["cpu_times"]
+                # Peak memory: the largest over the rounds (each is its own fresh process).
+                if res["peak_mb"] - res["base_mb"] > pooled["peak_mb"] - pooled["base_mb"]:
+                    pooled["peak_mb"], pooled["base_mb"] = res["peak_mb"], res["base_mb"]
         ok = {impl: res for impl, res in results.items() if "error" not in res}
-        for impl, res in results.items():
+
+        def seconds(impl: str) -> float:
+            median = statistics.median(ok[impl][key])
+            return median / threads if use_cpu else median
+
+        for impl in impls:
+            res = results[impl]
             if "error" in res:
                 rows.append({"size": size, "impl": impl, "error": res["error"]})
                 print(f"{size:>14} {impl:>17}  failed: {res['error']}", flush=True)
                 continue
             wall, cpu = statistics.median(res["times"]), statistics.median(res["cpu_times"]) / threads
-            median = cpu if use_cpu else wall
+            median = seconds(impl)
             rate = gflop / median
             mb = (res["peak_mb"] - res["base_mb"]) / clients
-            key = "cpu_times" if use_cpu else "times"
-            speedup = (statistics.median(ok["nodes"][key]) / threads / median if use_cpu else
-                       statistics.median(ok["nodes"][key]) / median) if "nodes" in ok else float("nan")
+            vs_base = seconds("baseline") / median if "baseline" in ok else float("nan")
+            # Interleaved, the i-th iterations of all implementations ran back to back: the median of
+            # their ratios cancels the load that drifts between steps.
+            paired = (statistics.median(b / t for b, t in zip(ok["baseline"][key], res[key]))
+                      if args.interleave and "baseline" in ok else float("nan"))
+            vs_nodes = seconds("nodes") / median if "nodes" in ok else float("nan")
             rows.append({"size": size, "clients": clients, "width": width, "batch": batch, "impl": impl,
                          "gflop_per_iter": gflop, "s_per_iter": wall, "cpu_s_per_iter": cpu, "times": res["times"],
                          "cpu_times": res["cpu_times"], "clock": args.clock if use_cpu else "wall", "gflops": rate,
                          "share_gemm": rate / gemm, "share_peak": rate / peak, "mb_per_client": mb,
-                         "speedup_vs_nodes": speedup})
+                         "speedup_vs_baseline": vs_base, "paired_speedup_vs_baseline": paired,
+                         "speedup_vs_nodes": vs_nodes})
             print(f"{size:>14} {impl:>17} {wall:>8.3f} {cpu:>7.3f} {rate:>8.1f} {100 * rate / gemm:>5.0f}% "
-                  f"{100 * rate / peak:>5.0f}% {mb:>9.1f} {speedup:>7.2f}x", flush=True)
+                  f"{100 * rate / peak:>5.0f}% {mb:>9.1f} {vs_base:>7.2f}x {paired:>7.2f}x {vs_nodes:>7.2f}x", flush=True)
         print(f"{'':>14} ({gflop:.1f} GFLOP per iteration)")
+    print(f"load average at end: {load_average()}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"torch": torch.__version__, "device": args.device, "threads": threads, "gemm_gflops": gemm, "peak_gflops": peak,
-                       "rows": rows}, handle, indent=2)
+            json.dump({"torch": torch.__version__, "device": args.device, "threads": threads, "gemm_gflops": gemm,
+                       "peak_gflops": peak, "baseline": args.baseline if baseline else None,
+                       "load_average": load_average(), "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Where and how blocks execute: the device, and each block's memory format.
 
-The cohort engine places its blocks through :func:`place_blocks` with :func:`default_policy`;
-a node that does the same runs the same kernels on the same layouts, and both stay equal bit for
-bit. Equality needs exactly that: Adam's first steps move a parameter by about ``lr * sign(grad)``, and the gradients of
+Blocks are built in the CPU's formats (:data:`~p2pgan.model.blocks.CHANNELS_LAST_BLOCKS`), which
+the node engine keeps; the cohort engine places its blocks through :func:`place_blocks` with
+:func:`default_policy`, which on the CPU is the same formats, so both run the same kernels on the
+same layouts and stay equal bit for bit. Equality needs exactly that: Adam's first steps move a parameter by about ``lr * sign(grad)``, and the gradients of
 the biases in front of a BatchNorm are rounding noise around zero, so any change of summation
 order (another memory format, TF32, a grouped kernel) moves those parameters by up to ``2 * lr``.
 """
@@ -16,13 +17,15 @@ import torch
 from torch import nn
 
 from p2pgan.errors import P2PGanError
+from p2pgan.model.blocks import CHANNELS_LAST_BLOCKS
 
 DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
 class KernelPolicy:
-    """The device blocks live on and the blocks whose convolutions run in ``channels_last``.
+    """The device blocks live on and the blocks whose convolutions run in ``channels_last``
+    (``None``: the device's default, :func:`default_channels_last`).
 
     A block listed in ``channels_last`` has its 4-D weights in that format; its inputs are
     converted by the kernels themselves (a convolution follows its weight's format). Every
@@ -30,7 +33,11 @@ class KernelPolicy:
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    channels_last: frozenset[str] = frozenset()
+    channels_last: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.channels_last is None:
+            object.__setattr__(self, "channels_last", default_channels_last(self.device))
 
     @property
     def is_cuda(self) -> bool:
@@ -49,22 +56,27 @@ def resolve_device(name: str, source: str = "execution.device") -> torch.device:
     return torch.device(name)
 
 
-CHANNELS_LAST_CANDIDATES: frozenset[str] = frozenset({"g1", "g2", "g3", "g4", "d0", "d1", "d2", "d3"})
-"""Every convolution block: ``channels_last`` candidates on the CPU. Measured with
-``tools/bench_step.py --impls cohort cohort-cl`` on the 2-core development machine (one thread,
-CPU time): a whole iteration 1.1-1.2x faster at 12 clients, width 0.25, batch 32 and 1.1x at
-width 1, batch 64; leaving out the blocks that are slower alone (g1 after the projection's
-reshape, g4) gained nothing on a whole iteration."""
+CHANNELS_LAST_CANDIDATES: frozenset[str] = CHANNELS_LAST_BLOCKS
+"""Every convolution block: the ``channels_last`` candidates."""
 
-CPU_CHANNELS_LAST: frozenset[str] = frozenset()
-"""Blocks the cohort runs in ``channels_last`` by default on the CPU: none. Another memory format
-changes the kernels' summation order, which moves Adam's first steps by up to ~4e-3, so the cohort
-would no longer equal the node engine (or the reference step) within 1e-5; the 1.1-1.2x is not
-worth that. ``KernelPolicy(device, CHANNELS_LAST_CANDIDATES)`` opts in."""
+CPU_CHANNELS_LAST: frozenset[str] = CHANNELS_LAST_BLOCKS
+"""Blocks in ``channels_last`` on the CPU: every convolution, as the blocks are built
+(:data:`~p2pgan.model.blocks.CHANNELS_LAST_BLOCKS`), so a node engine that never places its
+blocks runs the same kernels as the cohort. Equality across engines holds because both use the
+same format; the format itself moves the numbers (see the module's note), so changing this
+list changes a run's numbers, as any kernel change does."""
+
+CUDA_CHANNELS_LAST: frozenset[str] = frozenset()
+"""On CUDA every block contiguous, as before ``channels_last`` became the CPU's format: not
+measured on a GPU yet (``tools/bench_step.py --device cuda --cl-blocks ...`` does)."""
+
+
+def default_channels_last(device: torch.device) -> frozenset[str]:
+    return CPU_CHANNELS_LAST if device.type == "cpu" else CUDA_CHANNELS_LAST
 
 
 def default_policy(device: torch.device) -> KernelPolicy:
-    return KernelPolicy(device, CPU_CHANNELS_LAST if device.type == "cpu" else frozenset())
+    return KernelPolicy(device)
 
 
 def place_blocks(blocks: Mapping[str, nn.Module], policy: KernelPolicy) -> None:
@@ -77,9 +89,12 @@ def place_blocks(blocks: Mapping[str, nn.Module], policy: KernelPolicy) -> None:
         block.to(device=policy.device)
         if name in policy.channels_last:
             block.to(memory_format=torch.channels_last)
-        elif policy.channels_last:
-            # A convolution follows its input's format too: hand this block contiguous inputs.
-            block.register_forward_pre_hook(_contiguous_input)
+        else:
+            # Blocks are built in the CPU's formats: put this one back.
+            block.to(memory_format=torch.contiguous_format)
+            if policy.channels_last:
+                # A convolution follows its input's format too: hand this block contiguous inputs.
+                block.register_forward_pre_hook(_contiguous_input)
 
 
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:

@@ -9,40 +9,58 @@ import sys
 from collections.abc import Mapping, MutableMapping
 
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
+
+MMAP_THRESHOLD = 32 * 2**20
+"""Blocks of this size and more are mapped on their own and returned on free: glibc's largest
+threshold, above every per-client activation of the reference model at batch 64 (g3's output is
+12.25 MiB) and below a server block's batch over a few clients."""
+
+TRIM_THRESHOLD = 256 * 2**20
+"""Freed memory at the heap's top kept for reuse before it goes back to the OS."""
 
 
 def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
-    """Let glibc's malloc reuse freed activation buffers instead of returning them to the OS.
+    """Let glibc's malloc reuse freed activation buffers, except the server's batched ones.
 
-    Every iteration allocates and frees the same large activations and gradients. With glibc's
-    defaults, blocks above the mmap threshold are unmapped on free and mapped (and zero-filled)
-    again on the next allocation; split training, which keeps every client's graph alive at
-    once, paid 5-15% of an iteration in page faults for it (tools/bench_step.py).
+    Every iteration allocates and frees the same activations and gradients. With glibc's defaults
+    the mmap threshold rises with every large block freed, the heap is trimmed at 2x that, and
+    blocks move between the heap and their own mappings from one iteration to the next, each
+    move paid in page faults (mapped and zero-filled again). Keeping everything in the heap
+    (``P2PGAN_MALLOC=fast``: no mmap at all, 1 GiB kept) saves those faults but fragments it: a
+    server block's batch (80 clients at width 1: 0.25-1 GiB per tensor) fits no hole that
+    per-client tensors left, so the heap grows past what is held (tools/bench_memory.py, 2-core
+    VM: s6 cohort 9.1 GB peak against 7.6 GB with this policy).
 
-    The price is memory: one heap for every block fragments, the more so the larger the server's
-    batches (tools/bench_memory.py, 2-core VM: the cohort at 16 clients, width 1, batch 64 holds
-    97 MB per client at its peak and takes 157 MB/client of RSS tuned, 118 MB/client with glibc's
-    defaults for +16% CPU time in page faults; s6, 80 clients: 7.8 GB held, 12.4 GB RSS tuned,
-    9.8 GB with the defaults for +19%). ``P2PGAN_MALLOC=lean`` keeps glibc's defaults. Returns
-    whether the tuning applied (False on a non-glibc libc, or when asked to stay lean).
+    The policy: a fixed :data:`MMAP_THRESHOLD` (32 MiB, so the threshold no longer drifts) maps
+    exactly the server's batched blocks on their own, returned when freed; everything per client
+    reuses the heap, of which :data:`TRIM_THRESHOLD` stays at the top. ``P2PGAN_MALLOC=lean``
+    keeps glibc's defaults; ``fast`` the all-heap setting above. Returns whether a tuning applied
+    (False on a non-glibc libc, or when asked to stay lean).
     """
-    if environ.get("P2PGAN_MALLOC", "") == "lean":
+    mode = environ.get("P2PGAN_MALLOC", "")
+    if mode == "lean":
         return False
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    if mode == "fast":
+        return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, 2**30))
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def _mallopt():
+    """glibc's ``mallopt``, or None where the C library has none."""
     name = ctypes.util.find_library("c")
     if not name:
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    # No mmap'd blocks at all (a threshold cannot exceed 32 MiB, below a server batch's
-    # activations), and keep up to 1 GiB of freed heap for reuse.
-    ok_mmap = mallopt(_M_MMAP_MAX, 0)
-    ok_trim = mallopt(_M_TRIM_THRESHOLD, 2**30)
-    return bool(ok_mmap and ok_trim)
+    return mallopt
 
 
 def passive_thread_waits(environ: MutableMapping[str, str] = os.environ) -> bool:

@@ -33,6 +33,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -76,19 +77,53 @@ def malloc_mb() -> dict[str, float] | None:
     return {"in_use": (info.uordblks + info.hblkhd) / MB, "from_os": (info.arena + info.hblkhd) / MB}
 
 
-def set_malloc(mode: str) -> None:
+_MALLOPT = {"trim": -1, "top_pad": -2, "mmap": -3, "mmap_max": -4}
+"""mallopt parameters a policy spec may set (values in MiB, ``mmap_max`` a count)."""
+
+
+def set_malloc(mode: str) -> bool:
+    """Apply ``--malloc``; returns whether to release freed memory after every iteration (``trim_each``).
+
+    ``tuned``: the CLI's policy (p2pgan.runtime); ``default``: glibc's; ``exact``: every block above
+    64 KiB mapped on its own; otherwise a spec to compare policies by, ``key=value`` pairs joined
+    by commas: ``mmap=MiB`` (a fixed mmap threshold), ``trim=MiB``, ``top_pad=MiB``,
+    ``mmap_max=N``, ``thp`` (torch's transparent huge pages for blocks of 2 MiB and more, as the
+    CLI sets them), ``trim_each`` (``malloc_trim(0)`` after each iteration)."""
     if mode == "tuned":
         from p2pgan.runtime import keep_freed_memory
 
         keep_freed_memory()
-    elif mode == "exact" or mode.startswith("mmap:"):
-        name = ctypes.util.find_library("c")
-        if name:
-            # M_MMAP_THRESHOLD, fixed (no dynamic raise): 64 KiB, or mmap:N MiB with a 1 GiB trim threshold.
-            threshold = 64 * 1024 if mode == "exact" else int(float(mode[5:]) * MB)
-            ctypes.CDLL(name).mallopt(-3, threshold)
-            if mode != "exact":
-                ctypes.CDLL(name).mallopt(-1, 2**30)
+        return False
+    if mode == "default":
+        return False
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if mode == "exact":
+        if libc is not None:
+            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD, fixed (no dynamic raise)
+        return False
+    if mode.startswith("mmap:"):  # the earlier spelling: blocks of N MiB and more mmap'd, 1 GiB trim
+        mode = f"mmap={mode[5:]},trim=1024"
+    trim_each = False
+    for item in mode.split(","):
+        key, _, value = item.partition("=")
+        if key == "thp":
+            os.environ["THP_MEM_ALLOC_ENABLE"] = "1"  # read at torch's first CPU allocation
+        elif key == "trim_each":
+            trim_each = True
+        elif key in _MALLOPT and libc is not None:
+            amount = int(value) if key == "mmap_max" else int(float(value) * MB)
+            if not libc.mallopt(_MALLOPT[key], amount):
+                raise SystemExit(f"bench_memory: mallopt {key}={value} refused")
+        elif key not in _MALLOPT:
+            raise SystemExit(f"bench_memory: unknown --malloc item {item!r}")
+    return trim_each
+
+
+def release_freed() -> None:
+    name = ctypes.util.find_library("c")
+    if name:
+        ctypes.CDLL(name).malloc_trim(0)
 
 
 def unique_bytes(tensors: Iterable[torch.Tensor]) -> float:
@@ -246,7 +281,7 @@ def profiled_peak(iterate: Callable[[], None]) -> dict[str, float]:
     return out
 
 
-def worker(impl: str, args: argparse.Namespace) -> dict:
+def worker(impl: str, args: argparse.Namespace, trim_each: bool = False) -> dict:
     built, base = build(impl, args)
     built_mb = proc_status_mb("VmRSS")
     times, cpu = [], []
@@ -256,6 +291,8 @@ def worker(impl: str, args: argparse.Namespace) -> dict:
             profile = profiled_peak(lambda: built.iterate(step))
         else:
             built.iterate(step)
+        if trim_each:
+            release_freed()
         times.append(time.perf_counter() - started)
         done = resource.getrusage(resource.RUSAGE_SELF)
         cpu.append({"user_s": done.ru_utime - usage.ru_utime, "sys_s": done.ru_stime - usage.ru_stime,
@@ -303,16 +340,16 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch's memory profiler over the last iteration")
     parser.add_argument("--malloc", default="tuned",
                         help="tuned: the CLI's allocator setting (p2pgan.runtime); default: glibc's; exact: no reuse "
-                             "of freed blocks, so the peak RSS is what is held (see above); mmap:N: blocks of N MiB "
-                             "and more mapped on their own")
+                             "of freed blocks, so the peak RSS is what is held (see above); or a policy to compare, "
+                             "e.g. mmap=32,trim=256,thp,trim_each (see set_malloc)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
-        set_malloc(args.malloc)
-        print(json.dumps(worker(args.worker, args)))
+        trim_each = set_malloc(args.malloc)
+        print(json.dumps(worker(args.worker, args, trim_each)))
         return
     sizes = [None] if args.scenario else args.sizes
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.iterations} iteration(s), "

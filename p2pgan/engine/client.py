@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -10,11 +11,13 @@ from p2pgan.bus import EventBus
 from p2pgan.errors import P2PGanError
 from p2pgan.engine.loops import RoundCheckpoint, run_client
 from p2pgan.engine.federate import load_aggregate
+from p2pgan.engine.gradients import GradientUse, waiting_forwards
 from p2pgan.engine.port import NodePort
-from p2pgan.engine.state import (NodeState, blocks_state, generator_state, load_blocks, load_generator,
-                                 load_optimizers, optimizers_state)
+from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, generator_state, load_blocks,
+                                 load_generator, load_optimizers, optimizers_state)
 from p2pgan.ids import SERVER_ID
 from p2pgan.model.blocks import NETWORKS, build_initial_blocks
+from p2pgan.model.recompute import ReleasableOutputs
 from p2pgan.model.segments import Segment
 from p2pgan.plan.faults import FaultPlan
 from p2pgan.plan.nodedata import LocalData
@@ -71,6 +74,8 @@ class _Iteration:
     passes: dict[Phase, _Pass] = field(default_factory=dict)
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    held: dict[Phase, ReleasableOutputs] = field(default_factory=dict)
+    """Per waiting forward (see :func:`~p2pgan.engine.gradients.waiting_forwards`), what its head let go of."""
 
     def source(self, name: str) -> torch.Tensor:
         if name.endswith("_detached"):
@@ -79,7 +84,18 @@ class _Iteration:
 
 
 class ClientNode:
-    """Executes the program's client side, talking only through its endpoint."""
+    """Executes the program's client side, talking only through its endpoint.
+
+    Memory (the numbers are the same): Adam's state is made before the first iteration (next to
+    the parameters, not between its activations); a network's gradients go at its optimizer step
+    where the program resets them before anything reads them again, and a backward does not
+    compute them meanwhile (:mod:`p2pgan.engine.gradients`: D's gradients from the G step's pass
+    through D); once a backward trip has run, the forwards it served let go of their ends (the
+    head's output, the received activation and its gradient), so a pass's tensors do not wait for
+    the iteration's end; and a forward whose graph waits across other exchanges (G's) frees its
+    head's output once the server's answer shows the upload arrived (the transport has its copy),
+    refilled in place when the backward reads it (:class:`~p2pgan.model.recompute.ReleasableOutputs`).
+    """
 
     def __init__(self, setup: NodeSetup, plan: ClientPlan, schedule: Schedule, data: LocalData,
                  endpoint: Endpoint, bus: EventBus, program: Program, faults: FaultPlan | None = None) -> None:
@@ -99,6 +115,10 @@ class ClientNode:
         self._optimizers = {net.name: setup.adam([p for n in network_split(plan.split, net).client_blocks
                                                    for p in self.blocks[n].parameters()])
                             for net in NETWORKS}
+        for optimizer in self._optimizers.values():
+            allocate_adam_state(optimizer)
+        self._gradients = GradientUse(program)
+        self._waiting = {t.phase for i in waiting_forwards(program) for t in program.iteration[i].trips}
         self._segments: dict[tuple[str, ...], Segment] = {}
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
 
@@ -122,6 +142,7 @@ class ClientNode:
         real, labels = self._data.images[idx], self._data.labels[idx]
         z = torch.randn(labels.shape[0], self._setup.model.z_dim, generator=self._gen)
         it = _Iteration(labels, {"noise": z, "real": real})
+        self._gradients.start_iteration()
         for action in self._program.iteration:
             if isinstance(action, Exchange):
                 for trip in action.trips:
@@ -132,6 +153,8 @@ class ClientNode:
                 self._local(action, it)
             else:
                 raise TypeError(f"the split client cannot execute {type(action).__name__}")
+        for held in it.held.values():
+            held.restore()
         return ClientLosses(self.node_id, round_, step, it.terms["d_real"].item(), it.terms["d_fake"].item(),
                             it.losses["d_loss"].item(), it.losses["g_loss"].item())
 
@@ -157,6 +180,7 @@ class ClientNode:
             it.losses[action.name] = compute_loss(action, it.tensors, it.terms)
         else:
             apply_optimizer_action(action, self._optimizers)
+            self._gradients.after(action, self._optimizers)
 
     async def _up(self, trip: RoundTrip, it: _Iteration) -> None:
         """The client's half before the server: compute ``before``, upload if via the server."""
@@ -164,13 +188,17 @@ class ClientNode:
         batch = trip.samples * it.labels.shape[0]
         if trip.direction == FWD:
             head = self._segment(split.head)
-            head_out = self._run(head, trip.phase, it.source(trip.source), it.labels)
+            held = ReleasableOutputs() if split.server and trip.phase in self._waiting else None
+            if held is not None:
+                it.held[trip.phase] = held
+            with held or nullcontext():
+                head_out = self._run(head, trip.phase, it.source(trip.source), it.labels)
             it.passes[trip.phase] = _Pass(head_out, head_out)
             if split.server:
                 await self._send(trip, {"act": head_out.detach()})
             return
         if trip.source is not None:
-            it.losses[trip.source].backward()
+            torch.autograd.backward(it.losses[trip.source], inputs=self._wanted(it))
         self._computed(trip.before.blocks(split, trip.network), trip.phase, BWD, batch)
         if split.server:
             await self._send(trip, {name: it.passes[phase].tail_in.grad for name, phase in trip.grad_of})
@@ -183,14 +211,38 @@ class ClientNode:
             if split.server:
                 msg = await self._port.receive(trip.kind, SERVER_ID, trip.phase)
                 done.tail_in = msg.tensors["act"].requires_grad_(True)
+                held = it.held.get(trip.phase)
+                if held is not None:  # the server has had the upload: only the backward reads it now
+                    held.release()
             it.tensors[trip.result] = self._run(self._segment(split.tail), trip.phase, done.tail_in, it.labels)
             return
-        if not split.server:
-            return
-        msg = await self._port.receive(trip.kind, SERVER_ID, trip.phase)
-        torch.autograd.backward([it.passes[phase].head_out for _, phase in trip.grad_of],
-                                [msg.tensors[name] for name, _ in trip.grad_of])
-        self._computed(trip.after.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.labels.shape[0])
+        if split.server:
+            msg = await self._port.receive(trip.kind, SERVER_ID, trip.phase)
+            torch.autograd.backward([it.passes[phase].head_out for _, phase in trip.grad_of],
+                                    [msg.tensors[name] for name, _ in trip.grad_of], inputs=self._wanted(it))
+            del msg
+            self._computed(trip.after.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.labels.shape[0])
+        self._forget_graphs(trip, it)
+
+    def _forget_graphs(self, trip: RoundTrip, it: _Iteration) -> None:
+        """After ``trip``'s backward: its forwards' ends go, and their results and the loss keep
+        their values only (a graph node outlives its backward for as long as a tensor made by it
+        does, and with it the tensors it refers to)."""
+        for _, phase in trip.grad_of:
+            del it.passes[phase]
+            result = self._program.trip(phase).result
+            it.tensors[result] = it.tensors[result].detach()
+            if result in it.terms:
+                it.terms[result] = it.terms[result].detach()
+        if trip.source is not None:
+            it.losses[trip.source] = it.losses[trip.source].detach()
+
+    def _wanted(self, it: _Iteration) -> list[torch.Tensor]:
+        """What a backward must reach: the parameters whose gradients are read, and the received
+        activations whose gradients go up later."""
+        params = self._gradients.live_params(
+            lambda net: [p for n in network_split(self.plan.split, net).client_blocks for p in self.blocks[n].parameters()])
+        return params + [p.tail_in for p in it.passes.values() if p.tail_in is not p.head_out]
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -21,7 +21,11 @@ need all of them), except that of a pair of forwards whose summed loss one backw
 of them holds its graph at a time; each forward's tensors go once its backward has run; and a network's
 gradients go once its optimizer step has used them and are not computed again until its next
 reset, where the program resets them before anything reads them again (U-shaped: D's gradients
-from the G step's pass through D are never computed), so the numbers are the same.
+from the G step's pass through D are never computed), so the numbers are the same. A forward
+whose graph waits for its backward across other exchanges (U-shaped: G's, through the whole D
+step) frees the BatchNorm+activation outputs that leave a segment once it is done; a backward
+refills each in place, from the BatchNorm input the graph keeps, when it first reads it
+(:class:`~p2pgan.model.recompute.ReleasableOutputs`: the same bits, one BatchNorm forward each).
 
 Per-client kernels stay per client: on the CPU they beat stacked (grouped) kernels for this
 model (docs/design.md §4), and equality with the node engine needs the same kernels on the
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -47,11 +52,12 @@ from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, c
                                  load_blocks, load_generator)
 from p2pgan.engine.cohort_port import CohortPort
 from p2pgan.engine.cohort_state import load_optimizer_share, optimizer_share
-from p2pgan.engine.gradients import GradientUse
+from p2pgan.engine.gradients import GradientUse, waiting_forwards
 from p2pgan.engine.execution import KernelPolicy, place_blocks
 from p2pgan.errors import P2PGanError
 from p2pgan.ids import SERVER_ID
 from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, Block, NetworkDef, build_initial_blocks
+from p2pgan.model.recompute import ReleasableOutputs
 from p2pgan.model.segments import NetworkSplit, Segment
 from p2pgan.plan.nodedata import LocalData
 from p2pgan.plan.program import BWD, FWD, Exchange, Local, LocalAction, Program, RoundTrip, network_split
@@ -236,6 +242,7 @@ class CohortEngine:
         self._server_optimizers = self._groups[0].optimizers if meeting else {net.name: None for net in NETWORKS}
         self._gradients = GradientUse(program)
         self._paired = paired_passes(program, self._gradients.discarded)
+        self._waiting = waiting_forwards(program)
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
         self._port = CohortPort(bus, setup.costs)
@@ -305,23 +312,32 @@ class CohortEngine:
                 self._paired_passes(group, paired, its)
                 index = paired.end
             elif isinstance(action, Exchange):
-                for trip in action.trips:
-                    for client in group.clients:
-                        self._client_up(client, trip, its[client.id])
-                for trip in action.trips:
-                    through = group.through[trip.network.name]
-                    if trip.direction == FWD:
-                        graphs[trip.phase] = self._server_forward(trip, through, its)
-                    else:
-                        self._server_backward(trip, through, {name: graphs.pop(phase) for name, phase in trip.grad_of},
-                                              its)
-                for trip in action.trips:
-                    for client in group.clients:
-                        self._client_down(client, trip, its[client.id])
+                # A forward whose graph waits for its backward across other exchanges lets go of
+                # the block outputs it can refill (p2pgan.model.recompute.ReleasableOutputs).
+                releasable = ReleasableOutputs() if index - 1 in self._waiting else None
+                with releasable or nullcontext():
+                    self._exchange(action, group, its, graphs)
+                if releasable is not None:  # what the iteration reads on (its results) stays
+                    releasable.release(keep=[it.tensors[t.result] for it in its.values() for t in action.trips])
             elif isinstance(action, Local):
                 self._local(action, its, group.optimizers)
         return {cid: [(it.terms[name] if name in ("d_real", "d_fake") else it.losses[name]).detach()
                       for name in LOSS_NAMES] for cid, it in its.items()}
+
+    def _exchange(self, action: Exchange, group: _Group, its: dict[str, _ClientIteration],
+                  graphs: dict[Phase, _ServerGraph]) -> None:
+        for trip in action.trips:
+            for client in group.clients:
+                self._client_up(client, trip, its[client.id])
+        for trip in action.trips:
+            through = group.through[trip.network.name]
+            if trip.direction == FWD:
+                graphs[trip.phase] = self._server_forward(trip, through, its)
+            else:
+                self._server_backward(trip, through, {name: graphs.pop(phase) for name, phase in trip.grad_of}, its)
+        for trip in action.trips:
+            for client in group.clients:
+                self._client_down(client, trip, its[client.id])
 
     def _paired_passes(self, group: _Group, paired: _Paired, its: dict[str, _ClientIteration]) -> None:
         """``paired`` one forward at a time (see :class:`_Paired`)."""

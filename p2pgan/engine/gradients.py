@@ -10,6 +10,10 @@ iteration's forwards. :class:`GradientUse` follows an iteration and says which n
 backward need not reach their parameters (``torch.autograd.backward(..., inputs=...)``).
 Nothing read changes, so the numbers are the same; what a backward still computes (the gradients
 of its inputs, the live parameters) runs the same kernels on the same tensors.
+
+:func:`waiting_forwards` says, in the same spirit, which forwards' graphs wait for their backward
+across other exchanges (what an engine may free meanwhile and refill, see
+:class:`~p2pgan.model.recompute.ReleasableOutputs`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 
 from p2pgan.model.blocks import NETWORKS, NetworkDef
-from p2pgan.plan.program import Local, LocalAction, Program
+from p2pgan.plan.program import FWD, Exchange, Local, LocalAction, Program
 
 
 def discarded_after_step(program: Program) -> frozenset[str]:
@@ -60,3 +64,18 @@ class GradientUse:
     def live_params(self, params_of: Callable[[NetworkDef], Iterable[torch.nn.Parameter]]) -> list[torch.nn.Parameter]:
         """The parameters, among ``params_of(network)`` for every network, whose gradients are read."""
         return [p for net in NETWORKS if net.name not in self.idle for p in params_of(net)]
+
+
+def waiting_forwards(program: Program) -> frozenset[int]:
+    """The indices of the program's forward exchanges whose graphs wait across other exchanges
+    before their backward (U-shaped: G's forward, back-propagated only after the whole D step)."""
+    steps, found = program.iteration, set()
+    for i, step in enumerate(steps):
+        if not (isinstance(step, Exchange) and all(t.direction == FWD for t in step.trips)):
+            continue
+        phases = {t.phase for t in step.trips}
+        following = next((s for s in steps[i + 1:] if isinstance(s, Exchange)), None)
+        served = {phase for t in following.trips for _, phase in t.grad_of} if following is not None else set()
+        if not phases <= served:
+            found.add(i)
+    return frozenset(found)

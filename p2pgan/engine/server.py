@@ -7,6 +7,7 @@ that is dead or silent past ``faults.peer_deadline_s`` is dropped for the rest o
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +17,9 @@ from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.ids import SERVER_ID
 from p2pgan.engine.loops import RoundCheckpoint, run_server
 from p2pgan.engine.participation import Participation
-from p2pgan.engine.state import NodeState, blocks_state, copy, load_blocks, load_optimizers, optimizers_state
+from p2pgan.engine.gradients import GradientUse, waiting_forwards
+from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, copy, load_blocks, load_optimizers,
+                                 optimizers_state)
 from p2pgan.plan.run import ClientPlan, RunPlan, feature_block
 from p2pgan.engine.port import NodePort
 from p2pgan.plan.faults import FaultPlan
@@ -31,6 +34,7 @@ from p2pgan.plan.program import BWD, FWD, Exchange, Local, Program, RoundTrip, n
 from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.engine.federate import federate_round
 from p2pgan.engine.batching import run_middle
+from p2pgan.model.recompute import ReleasableOutputs
 from p2pgan.engine.locals import apply_optimizer_action
 
 
@@ -44,7 +48,17 @@ class _PhaseGraph:
 
 
 class ServerNode:
-    """Runs every middle block once per phase over the concatenation of its clients' batches."""
+    """Runs every middle block once per phase over the concatenation of its clients' batches.
+
+    Memory (the numbers are the same): Adam's state is made up front; gradients follow
+    :class:`~p2pgan.engine.gradients.GradientUse` as on the clients (D's from the G step's pass
+    are never computed); a phase's graph (received leaves, batched outputs, input gradients)
+    goes as soon as its backward has sent the gradients down; the clustering feature is a copy of
+    each client's slice, so the batched block output it is cut from can go; and a forward whose
+    graph waits across other exchanges (G's) frees the block outputs it sent down once every
+    client has answered the next exchange (so each has had its copy), refilled in place when the
+    backward reads them (:class:`~p2pgan.model.recompute.ReleasableOutputs`).
+    """
 
     def __init__(self, setup: NodeSetup, plan: RunPlan, strategy: Aggregator, num_domains: int,
                  endpoint: Endpoint, bus: EventBus, program: Program, faults: FaultPlan | None = None) -> None:
@@ -57,8 +71,13 @@ class ServerNode:
         blocks = build_initial_blocks(setup.model, setup.seed)
         self.blocks = {name: blocks[name] for name in plan.server_blocks()}
         self._program = program
-        self._optimizers = {net.name: setup.adam([p for n, b in self.blocks.items() if n in net.block_names
-                                                   for p in b.parameters()]) for net in NETWORKS}
+        self._optimizers = {net.name: setup.adam(self._params(net)) for net in NETWORKS}
+        for optimizer in self._optimizers.values():
+            allocate_adam_state(optimizer)
+        self._gradients = GradientUse(program)
+        self._waiting = {t.phase for i in waiting_forwards(program) for t in program.iteration[i].trips}
+        self._held: list[ReleasableOutputs] = []
+        """Waiting forwards' outputs, released at the next forward's receive, restored at the iteration's end."""
         self._clients = {net.name: plan.clients_through(net) for net in NETWORKS}
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
@@ -89,6 +108,7 @@ class ServerNode:
         self._port.at(round_, step)
         self.participation.enter(round_, step)
         graphs: dict[Phase, _PhaseGraph] = {}
+        self._gradients.start_iteration()
         for action in self._program.iteration:
             if isinstance(action, Exchange):
                 for trip in action.trips:
@@ -97,11 +117,15 @@ class ServerNode:
                     if trip.direction == FWD:
                         graphs[trip.phase] = await self._forward(trip, clients)
                     else:
-                        await self._backward(trip, clients, {name: graphs[phase] for name, phase in trip.grad_of})
+                        await self._backward(trip, clients, {name: graphs.pop(phase) for name, phase in trip.grad_of})
             elif isinstance(action, Local):
                 apply_optimizer_action(action, self._optimizers)
+                self._gradients.after(action, self._optimizers)
             else:
                 raise TypeError(f"the split server cannot execute {type(action).__name__}")
+        for held in self._held:
+            held.restore()
+        self._held.clear()
 
     async def federate(self, round_: int) -> FederationResult:
         self._port.at(round_, ROUND_LEVEL_STEP)
@@ -119,16 +143,29 @@ class ServerNode:
         graph = _PhaseGraph()
         received = await self._port.receive_each(MessageKind.ACTIVATION, [c.client_id for c in clients], phase,
                                                  self._lost)
+        for held in self._held:  # every client answering has had what the waiting forward sent it
+            held.release()
         clients = tuple(c for c in clients if c.client_id in received)
         if not clients:
             return graph
         for client in clients:
             graph.leaves[client.client_id] = received[client.client_id].tensors["act"].requires_grad_(True)
         self._port.state("computing")
-        middle = run_middle(self.blocks, net.block_names, {c.client_id: self._server_part(c, net) for c in clients},
-                            graph.leaves, self._feature_block if trip.features else None)
+        held = ReleasableOutputs() if phase in self._waiting else None
+        with held or nullcontext():
+            middle = run_middle(self.blocks, net.block_names, {c.client_id: self._server_part(c, net) for c in clients},
+                                graph.leaves, self._feature_block if trip.features else None)
+        if held is not None:
+            self._held.append(held)
         flowing = middle.flowing
-        self._features.update({c: chunk.detach() for c, chunk in middle.kept.items()})
+        # A copy, into the previous one's place where it fits: a view would keep the whole batched
+        # output alive until the next pass, and one made anew would land mid-iteration and stay.
+        for c, chunk in middle.kept.items():
+            kept = self._features.get(c)
+            if kept is not None and kept.shape == chunk.shape:
+                kept.copy_(chunk.detach())
+            else:
+                self._features[c] = chunk.detach().clone()
         graph.samples_per_block.update(middle.samples_per_block)
         self._port.computed(tuple(graph.samples_per_block), phase, FWD,
                             sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))
@@ -155,7 +192,10 @@ class ServerNode:
                 outputs.append(graph.outputs[client.client_id])
                 grads.append(msg.tensors[name])
         self._port.state("computing")
-        torch.autograd.backward(outputs, grads)
+        wanted = self._gradients.live_params(self._params)
+        wanted += [leaf for graph in graphs.values() for leaf in graph.leaves.values()]
+        torch.autograd.backward(outputs, grads, inputs=wanted)
+        del outputs, grads, received
         samples: dict[str, int] = {}
         for graph in graphs.values():
             for name, count in graph.samples_per_block.items():
@@ -170,6 +210,9 @@ class ServerNode:
     def _lost(self, peer: str, problem: str) -> None:
         """A peer dead or silent past its deadline (``faults.policy: continue``): gone from here on."""
         self.participation.drop(peer, self._port.round, self._port.step, problem)
+
+    def _params(self, net: NetworkDef) -> list[torch.nn.Parameter]:
+        return [p for n, b in self.blocks.items() if n in net.block_names for p in b.parameters()]
 
     @staticmethod
     def _server_part(client: ClientPlan, net: NetworkDef) -> tuple[str, ...]:

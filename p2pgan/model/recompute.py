@@ -14,6 +14,15 @@ the next layer's backward needs it whole). Two ways to keep less, both exact:
 * **Concatenations as pieces.** A batched block's input, the concatenation of its users'
   tensors, is kept as those tensors (held anyway) and concatenated again for the backward.
 
+* **Released outputs.** A block output that *leaves* its segment (a message, a server block's
+  exit) is held by its users anyway, so it cannot be a recipe; but where a forward's graph waits
+  across other work before its backward (U-shaped: G's forward waits through the whole D step),
+  a :class:`ReleasableOutputs` scope lets the engine free those outputs' storage once the
+  forward is done (``release``) and refill it in place, from the BatchNorm input the graph keeps,
+  when a backward first reads it. Every tensor viewing it (the message, the server's leaf, the
+  slices sent down) sees the same bits again; the saved tensors' version checks still hold,
+  since the refill writes through a separate alias.
+
 A :class:`SavedTensors` scope applies both to what is saved while it is active. Weights are
 checked when a recipe is used: a step between a forward and its backward would change them, and
 the rebuilt tensor with them (autograd's own version check does the same for saved tensors).
@@ -29,15 +38,19 @@ from torch import nn
 from torch.nn import functional as F
 
 _ACTIVE: ContextVar["SavedTensors | None"] = ContextVar("p2pgan_saved_tensors", default=None)
+_RELEASABLE: ContextVar["ReleasableOutputs | None"] = ContextVar("p2pgan_releasable_outputs", default=None)
 
 
 def normalize_activate(x: torch.Tensor, norm: nn.Module, act: nn.Module) -> torch.Tensor:
     """``act(norm(x))`` with an in-place ``act``; inside an offering :class:`SavedTensors` scope the
     result is kept for backward as its recipe."""
     y = norm(x)
-    scope = _ACTIVE.get()
-    if scope is not None and scope.offering and norm.training and y.requires_grad:
-        scope.add_recipe(y, _Recipe(x, norm, act), version=y._version + 1)  # once ``act`` has run
+    if norm.training and y.requires_grad:
+        scope, releasable = _ACTIVE.get(), _RELEASABLE.get()
+        if scope is not None and scope.offering:
+            scope.add_recipe(y, _Recipe(x, norm, act), version=y._version + 1)  # once ``act`` has run
+        elif releasable is not None:
+            releasable.add(y, x, norm, act)
     return act(y)
 
 
@@ -53,7 +66,7 @@ class SavedTensors:
         # Keyed by address, with the storage held while the scope lives: no other tensor can
         # take that address meanwhile and be mistaken for it.
         self._recipes: dict[int, tuple[torch.UntypedStorage, _Recipe, int]] = {}
-        self._pieces: dict[tuple, tuple[torch.Tensor, Sequence[torch.Tensor]]] = {}
+        self._pieces: dict[tuple, tuple[torch.Tensor, Sequence[torch.Tensor], list[_Refill]]] = {}
         self._hooks = None
         self._token = None
 
@@ -79,18 +92,21 @@ class SavedTensors:
 
     def add_pieces(self, batched: torch.Tensor, pieces: Sequence[torch.Tensor]) -> None:
         """``batched`` is ``torch.cat(pieces)``; keep it as the pieces where it is saved."""
-        self._pieces[_geometry(batched)] = (batched, [p.detach() for p in pieces])
+        releasable = _RELEASABLE.get()
+        refills = releasable.refills_of(pieces) if releasable is not None else []
+        self._pieces[_geometry(batched)] = (batched, [p.detach() for p in pieces], refills)
 
     def _pack(self, tensor: torch.Tensor):
         if not tensor.numel():
             return tensor
         pieces = self._pieces.get(_geometry(tensor))
         if pieces is not None:
-            return _Pieces(pieces[1])
+            return _Pieces(pieces[1], pieces[2])
         entry = self._recipes.get(tensor.untyped_storage().data_ptr())
         if entry is not None and tensor._version == entry[2]:
             return _Rebuilt(entry[1], tensor)
-        return tensor
+        releasable = _RELEASABLE.get()
+        return releasable.pack(tensor) if releasable is not None else tensor
 
 
 def _geometry(tensor: torch.Tensor) -> tuple:
@@ -148,12 +164,147 @@ class _Rebuilt:
 
 
 class _Pieces:
-    def __init__(self, pieces: Sequence[torch.Tensor]) -> None:
+    def __init__(self, pieces: Sequence[torch.Tensor], refills: Sequence["_Refill"] = ()) -> None:
         self.pieces = pieces
+        self.refills = refills
+        """Those of the pieces' storages that may have been released meanwhile."""
 
     def unpack(self) -> torch.Tensor:
+        for refill in self.refills:
+            refill.ensure()
         return torch.cat(self.pieces)
 
 
+class ReleasableOutputs:
+    """While entered, the BatchNorm+activation outputs made outside any recipe (those that leave
+    their segment) are registered; :meth:`release` then frees their storage until a backward
+    reads them, which refills it in place (the same kernels on the same input: the same bits).
+
+    Only what the forward computed inside the scope is registered, and only a training-mode
+    BatchNorm's output; a step of that BatchNorm before the refill is refused, as for recipes.
+    """
+
+    def __init__(self) -> None:
+        self._refills: dict[int, _Refill] = {}
+        self._released: list[_Refill] = []
+        self._hooks = None
+        self._token = None
+
+    def __enter__(self) -> "ReleasableOutputs":
+        self._token = _RELEASABLE.set(self)
+        # Saved tensors outside any SavedTensors scope (a one-block segment) come here; inside
+        # one, its _pack hands what it does not keep otherwise to :meth:`pack`.
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, _unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        _RELEASABLE.reset(self._token)
+        self._hooks = self._token = None
+
+    def add(self, y: torch.Tensor, x: torch.Tensor, norm: nn.Module, act: nn.Module) -> None:
+        storage = y.untyped_storage()
+        # Only a tensor that is its whole storage (any dense layout) can be refilled as one.
+        if storage.resizable() and y.storage_offset() == 0 and y.numel() * y.element_size() == storage.nbytes():
+            self._refills[storage.data_ptr()] = _Refill(y, x, norm, act)
+
+    def pack(self, tensor: torch.Tensor):
+        if not tensor.numel():
+            return tensor
+        refill = self._refills.get(tensor.untyped_storage().data_ptr())
+        if refill is not None and tensor._version == refill.version:
+            return _Refilled(refill, tensor)
+        return tensor
+
+    def refills_of(self, pieces: Sequence[torch.Tensor]) -> list["_Refill"]:
+        """The registered outputs behind ``pieces`` (a concatenation kept as its pieces refills
+        them before concatenating again)."""
+        found = {}
+        for piece in pieces:
+            refill = self._refills.get(piece.untyped_storage().data_ptr()) if piece.numel() else None
+            if refill is not None:
+                found[id(refill)] = refill
+        return list(found.values())
+
+    def release(self, keep: Sequence[torch.Tensor] = ()) -> int:
+        """Free every registered output's storage but ``keep``'s (tensors the caller still reads
+        itself: anything but autograd reading a released tensor reads freed memory); each is
+        refilled when a backward reads it. Returns the bytes freed."""
+        kept = {t.untyped_storage().data_ptr() for t in keep}
+        released = [refill for ptr, refill in self._refills.items() if ptr not in kept]
+        freed = sum(refill.release() for refill in released)
+        self._released.extend(r for r in released if r.released)
+        self._refills.clear()
+        return freed
+
+    def restore(self) -> None:
+        """Refill whatever no backward has read (a graph left without its backward): a released
+        tensor must never be read as it is."""
+        for refill in self._released:
+            refill.ensure()
+        self._released.clear()
+
+
+class _Refill:
+    """``act(batch_norm(x))`` as the forward computed it, released and refilled in place."""
+
+    def __init__(self, y: torch.Tensor, x: torch.Tensor, norm: nn.Module, act: nn.Module) -> None:
+        if not getattr(act, "inplace", False):
+            raise ValueError(f"released outputs need an in-place activation, got {act!r}")
+        self.storage = y.untyped_storage()
+        self.nbytes = self.storage.nbytes()
+        self.shape, self.stride, self.dtype = tuple(y.shape), y.stride(), y.dtype
+        self.version = y._version + 1  # once ``act`` has run
+        self.x, self.norm, self.act = x.detach(), norm, act
+        self.versions = _versions(norm)
+        self.released = False
+
+    def release(self) -> int:
+        # Not resizable any more: someone else maps it (a transport's encoder viewing it as an array).
+        if (self.released or self.storage is None or self.storage.nbytes() != self.nbytes
+                or not self.storage.resizable()):
+            return 0
+        self.storage.resize_(0)
+        self.released = True
+        return self.nbytes
+
+    def ensure(self) -> None:
+        if not self.released:
+            return
+        if _versions(self.norm) != self.versions:
+            raise RuntimeError("a BatchNorm's weights changed between a forward and its backward")
+        norm = self.norm
+        self.storage.resize_(self.nbytes)
+        # A separate alias: writing through it leaves the version counter autograd checks alone.
+        out = torch.empty(0, dtype=self.dtype, device=self.x.device).set_(self.storage, 0, self.shape, self.stride)
+        stats = [None if s is None else s.clone() for s in (norm.running_mean, norm.running_var)]
+        channels = self.x.shape[1]
+        momentum = norm.momentum if norm.momentum is not None else 0.0
+        with torch.no_grad():
+            if out.device.type == "cpu":
+                # The forward's own kernel (F.batch_norm reaches native_batch_norm on the CPU), into place.
+                torch.ops.aten.native_batch_norm.out(
+                    self.x, norm.weight, norm.bias, stats[0], stats[1], True, momentum, norm.eps,
+                    out=out, save_mean=self.x.new_empty(channels), save_invstd=self.x.new_empty(channels))
+            else:  # elsewhere F.batch_norm may take another kernel (cuDNN): run the forward's own call
+                out.copy_(F.batch_norm(self.x, stats[0], stats[1], norm.weight, norm.bias, True, momentum, norm.eps))
+            self.act(out)
+        self.released = False
+        self.x = self.storage = None  # refilled once; its storage lives as long as its tensors
+
+
+class _Refilled:
+    """A saved tensor whose storage a :class:`_Refill` may have released."""
+
+    def __init__(self, refill: _Refill, tensor: torch.Tensor) -> None:
+        self.refill = refill
+        self.tensor = tensor
+
+    def unpack(self) -> torch.Tensor:
+        self.refill.ensure()
+        return self.tensor
+
+
 def _unpack(saved):
-    return saved.unpack() if isinstance(saved, (_Rebuilt, _Pieces)) else saved
+    return saved.unpack() if isinstance(saved, (_Rebuilt, _Pieces, _Refilled)) else saved

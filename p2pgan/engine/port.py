@@ -42,7 +42,7 @@ class NodePort:
     """
 
     def __init__(self, node_id: str, endpoint: Endpoint, bus: EventBus, costs: ModelCosts,
-                 peer_deadline_s: float | None = None) -> None:
+                 peer_deadline_s: float | None = None, wanted: Callable[[str], bool] | None = None) -> None:
         self.node_id = node_id
         self.round = 0
         self.step = 0
@@ -51,6 +51,8 @@ class NodePort:
         self._costs = costs
         self._consumed: list[str] = []
         self._peer_deadline_s = peer_deadline_s
+        self._wanted = wanted
+        """False for a peer dropped meanwhile (a Ray shard that died): a receive for it gives up at once."""
 
     def at(self, round_: int, step: int) -> None:
         """Where in the schedule the following messages and computes belong."""
@@ -120,6 +122,8 @@ class NodePort:
                 done, _ = await asyncio.wait({getting}, timeout=slice_s)
                 if done:
                     return getting.result()
+                if self._wanted is not None and not self._wanted(key.src):
+                    raise PeerLost(key.src, "dropped while the server waited for it")
                 budget.left -= slice_s
                 if budget.left <= 0:
                     raise PeerLost(key.src, f"no {key.kind.value} message for round {key.round} step {key.step} "

@@ -86,7 +86,8 @@ class ServerNode:
             faults = FaultPlan.none(plan.client_ids, schedule.rounds, schedule.steps_per_round)
         self.participation = Participation(faults, bus)
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs,
-                              faults.peer_deadline_s if self.participation.continues else None)
+                              faults.peer_deadline_s if self.participation.continues else None,
+                              wanted=lambda peer: peer not in self.participation.dropped)
 
     async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
         await run_server(self, self._plan.schedule, self._bus, first_round, checkpoint)

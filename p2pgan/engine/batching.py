@@ -59,3 +59,15 @@ def run_middle(blocks: Mapping[str, torch.nn.Module], block_names: tuple[str, ..
             done.samples_per_block[name] = sum(sizes)
             previous = (users, out)
     return done
+
+
+def keep_features(store: dict[str, torch.Tensor], kept: Mapping[str, torch.Tensor]) -> None:
+    """Store each client's clustering features as a copy, into the previous copy's place where it
+    fits: a view would keep the whole batched output alive until the next pass, and a copy made
+    anew would land mid-iteration and stay there."""
+    for client, chunk in kept.items():
+        previous = store.get(client)
+        if previous is not None and previous.shape == chunk.shape:
+            previous.copy_(chunk.detach())
+        else:
+            store[client] = chunk.detach().clone()

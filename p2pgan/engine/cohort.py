@@ -67,7 +67,7 @@ from p2pgan.protocol.events import ClientLosses, NodeStateEvent, RoundAggregated
 from p2pgan.protocol.federation import Aggregator, BlockState, ClientUpdate, FederationInput, FederationResult
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.protocol.params import float_state
-from p2pgan.engine.batching import run_middle
+from p2pgan.engine.batching import keep_features, run_middle
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 LOSS_NAMES = ("d_real", "d_fake", "d_loss", "g_loss")
@@ -579,14 +579,7 @@ class CohortEngine:
                             {c.id: network_split(c.plan.split, net).server for c in clients}, graph.leaves,
                             self._feature_block if trip.features else None)
         flowing = middle.flowing
-        # A copy (a view would keep the whole batched output alive until the next pass), into the
-        # previous one's place: made anew, it would land mid-iteration and stay there.
-        for c, chunk in middle.kept.items():
-            kept = self._features.get(c)
-            if kept is not None and kept.shape == chunk.shape:
-                kept.copy_(chunk.detach())
-            else:
-                self._features[c] = chunk.detach().clone()
+        keep_features(self._features, middle.kept)
         graph.samples_per_block.update(middle.samples_per_block)
         self._port.computed(SERVER_ID, tuple(graph.samples_per_block), phase, FWD,
                             sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))

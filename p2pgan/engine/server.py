@@ -33,7 +33,7 @@ from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef, build_initi
 from p2pgan.plan.program import BWD, FWD, Exchange, Local, Program, RoundTrip, network_split
 from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.engine.federate import federate_round
-from p2pgan.engine.batching import run_middle
+from p2pgan.engine.batching import keep_features, run_middle
 from p2pgan.model.recompute import ReleasableOutputs
 from p2pgan.engine.locals import apply_optimizer_action
 
@@ -159,14 +159,7 @@ class ServerNode:
         if held is not None:
             self._held.append(held)
         flowing = middle.flowing
-        # A copy, into the previous one's place where it fits: a view would keep the whole batched
-        # output alive until the next pass, and one made anew would land mid-iteration and stay.
-        for c, chunk in middle.kept.items():
-            kept = self._features.get(c)
-            if kept is not None and kept.shape == chunk.shape:
-                kept.copy_(chunk.detach())
-            else:
-                self._features[c] = chunk.detach().clone()
+        keep_features(self._features, middle.kept)
         graph.samples_per_block.update(middle.samples_per_block)
         self._port.computed(tuple(graph.samples_per_block), phase, FWD,
                             sum(x.shape[0] for x in graph.leaves.values()), self._flops(graph.samples_per_block, FWD))

@@ -28,11 +28,17 @@ EXAMPLE = ROOT / "examples" / "api_quickstart.py"
 
 
 @pytest.fixture(scope="module")
-def example_run(tmp_path_factory, request) -> tuple[Path, str]:
+def example_run(tmp_path_factory, request, judges_dir) -> tuple[Path, str]:
     """``python examples/api_quickstart.py OUT``: its results folder and what it printed."""
     out = tmp_path_factory.mktemp("api") / "quick"
     cache = getattr(request.config, "cache", None)
     xdg = cache.mkdir("p2pgan-xdg-cache") if cache is not None else tmp_path_factory.mktemp("xdg")
+    judges = xdg / "p2pgan" / "classifiers"  # where the example's run keeps its judges: the session's ones
+    if judges.is_symlink():
+        judges.unlink()
+    if not judges.exists():  # (a real folder there is an older session's cache of the same judges)
+        judges.parent.mkdir(parents=True, exist_ok=True)
+        judges.symlink_to(judges_dir, target_is_directory=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(xdg)}  # judges trained once, kept
     done = subprocess.run([sys.executable, str(EXAMPLE), str(out)], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=300)

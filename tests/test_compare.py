@@ -21,9 +21,9 @@ plumbing is real."""
 
 
 @pytest.fixture(scope="module")
-def judges(tmp_path_factory):
-    """One judge-classifier cache for the module: each domain's judge trains once."""
-    return tmp_path_factory.mktemp("judges")
+def judges(judges_dir):
+    """The session's judge-classifier cache (tests/conftest.py): each domain's judge trains once."""
+    return judges_dir
 
 
 def test_compare_runs_each_strategy_and_writes_a_table(repo_root, tmp_path, capsys, judges):

@@ -20,8 +20,8 @@ METRICS = ["metrics.enabled=true", "metrics.score_samples=200", "metrics.utility
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("judges")
+def cache_dir(judges_dir):
+    return judges_dir  # the session's judges (tests/conftest.py): each trains once
 
 
 def scenario(repo_root, out, cache_dir, *extra):

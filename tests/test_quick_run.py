@@ -54,7 +54,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_results(repo_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "p2pgan", "scenario", "run", str(repo_root / "scenarios" / "quick.yaml"),
-         "--no-live", "--out", str(out), "--set", "training.rounds=50", "--set", "training.max_batches_per_epoch=2"],
+         "--no-live", "--out", str(out), "--set", "training.rounds=50", "--set", "training.max_batches_per_epoch=2",
+         "--set", "domains={mnist: 1, fashion-mnist: 1}"],  # two clients: what is tested is the stop
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "scenarios" / "quick.yaml"
 ROUNDS = 2
 SETTINGS = [f"training.rounds={ROUNDS}", "training.max_batches_per_epoch=2", "model.width=0.125",
+            "domains={mnist: 1, fashion-mnist: 1}",
             "execution.engine=ray", "ray.address=local", "ray.shards=1", "ray.num_cpus_per_shard=0.5"]
 LEFTOVER_WAIT_S = 60.0
 

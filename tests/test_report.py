@@ -33,12 +33,12 @@ TINY_METRICS = ["--set", "metrics.enabled=true", "--set", "metrics.score_samples
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tmp_path_factory, judges_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report")
     quick = str(Path(__file__).resolve().parent.parent / "scenarios" / "quick.yaml")
     folders = {"metrics": root / "seed7", "plain": root / "seed8"}
     assert main(["scenario", "run", quick, "--no-live", "--threads", "1", "--out", str(folders["metrics"]), *TINY,
-                 *TINY_METRICS, "--set", f"metrics.cache_dir={root / 'judges'}"]) == 0
+                 *TINY_METRICS, "--set", f"metrics.cache_dir={judges_dir}"]) == 0
     assert main(["scenario", "run", quick, "--no-live", "--threads", "1", "--out", str(folders["plain"]), *TINY,
                  "--set", "training.max_batches_per_epoch=1", "--set", "seed=8"]) == 0
     for folder in folders.values():

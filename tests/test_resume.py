@@ -37,11 +37,9 @@ WALL_CLOCK = ("wall_s",)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, request) -> Path:
+def workdir(tmp_path_factory, judges_dir) -> Path:
     folder = tmp_path_factory.mktemp("resume")
-    cache = getattr(request.config, "cache", None)
-    if cache is not None:  # the judge classifiers (keyed by their data and seed) outlive the session: ~10 s once
-        (folder / "judges").symlink_to(cache.mkdir("p2pgan-judges"))
+    (folder / "judges").symlink_to(judges_dir)  # the session's judges (tests/conftest.py): ~10 s once
     return folder
 
 
@@ -82,11 +80,13 @@ def run_and_kill_after_round_2(workdir: Path, out: Path, *extra: str) -> None:
     assert 2 <= _recorded_rounds(out) < ROUNDS
 
 
-def resume(out: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run(cli("scenario", "resume", str(out), "--no-live", "--threads", "1"), capture_output=True,
-                          text=True, env=_env(), timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+def resume(out: Path, capsys) -> str:
+    """``p2pgan scenario resume OUT``, in this process (a Python start-up fewer; the killed run was
+    another process, so nothing of it is in memory here); what it printed."""
+    code = main(["scenario", "resume", str(out), "--no-live", "--threads", "1"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    return printed.out
 
 
 def _env() -> dict[str, str]:
@@ -145,26 +145,25 @@ def resumed_after(out: Path) -> int:
     return json.loads((out / "summary.json").read_text())["checkpoints"]["resumed_after_round"]
 
 
-def test_memory_run_killed_after_round_2_and_resumed_equals_uninterrupted(reference, workdir):
+def test_memory_run_killed_after_round_2_and_resumed_equals_uninterrupted(reference, workdir, capsys):
     out = workdir / "memory"
     run_and_kill_after_round_2(workdir, out)
     assert not (out / "summary.json").exists()  # killed: nothing was flushed on the way out
     checkpointed = assert_checkpoints_intact(out, killed=True)
     assert 2 in checkpointed and max(checkpointed) < ROUNDS
-    done = resume(out)
-    assert f"after round {max(checkpointed)} of {ROUNDS}" in done.stdout
+    assert f"after round {max(checkpointed)} of {ROUNDS}" in resume(out, capsys)
     assert resumed_after(out) == max(checkpointed)
     assert_same_results(reference, out)
     assert_checkpoints_intact(out)
 
 
-def test_processes_run_killed_after_round_2_and_resumed_equals_uninterrupted(reference, workdir):
+def test_processes_run_killed_after_round_2_and_resumed_equals_uninterrupted(reference, workdir, capsys):
     out = workdir / "processes"
     run_and_kill_after_round_2(workdir, out, *PROCESSES)
     nodes = json.loads((out / "nodes" / "nodes.json").read_text())
     # The node processes run in their own session: they outlive the coordinator until they see its
     # pipe close. The resume waits for them before it cuts the results back and starts anew.
-    resume(out)
+    resume(out, capsys)
     assert 2 <= resumed_after(out) < ROUNDS
     assert_same_results(reference, out)
     assert_checkpoints_intact(out)

@@ -33,10 +33,8 @@ LOSSES = ("d_loss", "g_loss", "d_real", "d_fake")
 
 
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory, request) -> dict:
-    cache = getattr(request.config, "cache", None)  # the judges (keyed by data and seed) outlive the session
-    judges = cache.mkdir("p2pgan-judges") if cache is not None else tmp_path_factory.mktemp("judges")
-    return {**SETTINGS, "metrics.cache_dir": str(judges)}
+def settings(judges_dir) -> dict:
+    return {**SETTINGS, "metrics.cache_dir": str(judges_dir)}  # the session's judges (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

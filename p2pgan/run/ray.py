@@ -39,6 +39,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import statistics
 import time
 import traceback
@@ -141,6 +142,8 @@ class RayConnection:
                 self._private = None
                 raise ClusterError(f"ray: cannot start a local Ray: {exc}") from None
             _join_local_auth()
+        elif self.address.startswith("ray://"):
+            self._probe(self.address)
         try:
             ray.init(address=target, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
         except Exception as exc:  # ConnectionError, RuntimeError, a missing ray[client] ...
@@ -148,6 +151,15 @@ class RayConnection:
             self._stop_private()
             raise ClusterError(f"ray: cannot reach the cluster at {self.address}: {_first_line(exc)}") from None
         self.owned = True
+
+    def _probe(self, address: str) -> None:
+        """Ray's client retries an unreachable ``ray://`` address for half a minute whatever the
+        run's start-up timeout: a refused or silent port is told at once instead."""
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=min(5.0, self._startup_timeout_s)).close()
+        except OSError as exc:
+            raise ClusterError(f"ray: cannot reach the cluster at {address}: {exc.strerror or exc}") from None
 
     def check_resources(self, cpus: float, gpus: float) -> None:
         total = ray.cluster_resources()

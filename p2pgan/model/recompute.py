@@ -54,12 +54,40 @@ def normalize_activate(x: torch.Tensor, norm: nn.Module, act: nn.Module) -> torc
     return act(y)
 
 
-class SavedTensors:
+class _HookScope:
+    """A scope that, while entered, is its context variable's value and packs every tensor
+    autograd saves through :meth:`_pack_hook` (unpacked by :func:`_unpack`)."""
+
+    _context: ContextVar
+
+    def __init__(self) -> None:
+        self._hooks = None
+        self._token = None
+
+    def _pack_hook(self, tensor: torch.Tensor):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._token = self._context.set(self)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_hook, _unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+        self._context.reset(self._token)
+        # Let go of the hooks (and the cycle through them) now, not at a later collection.
+        self._hooks = self._token = None
+
+
+class SavedTensors(_HookScope):
     """While entered, tensors saved for backward are kept as recipes or pieces where registered.
 
     ``offering``: whether blocks run now may register their outputs as recipes (a segment turns
     it off for its last block).
     """
+
+    _context = _ACTIVE
 
     def __init__(self) -> None:
         self.offering = True
@@ -67,21 +95,15 @@ class SavedTensors:
         # take that address meanwhile and be mistaken for it.
         self._recipes: dict[int, tuple[torch.UntypedStorage, _Recipe, int]] = {}
         self._pieces: dict[tuple, tuple[torch.Tensor, Sequence[torch.Tensor], list[_Refill]]] = {}
-        self._hooks = None
-        self._token = None
+        super().__init__()
 
-    def __enter__(self) -> "SavedTensors":
-        self._token = _ACTIVE.set(self)
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
-        self._hooks.__enter__()
-        return self
+    def _pack_hook(self, tensor: torch.Tensor):
+        return self._pack(tensor)
 
     def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-        _ACTIVE.reset(self._token)
+        super().__exit__(*exc)
         # What the forward saved refers to recipes and pieces, not to this scope: let go of the
-        # tensors held for it (and of the cycle through the hooks) now, not at a later collection.
-        self._hooks = self._token = None
+        # tensors held for it now, not at a later collection.
         self._recipes.clear()
         self._pieces.clear()
 
@@ -175,7 +197,7 @@ class _Pieces:
         return torch.cat(self.pieces)
 
 
-class ReleasableOutputs:
+class ReleasableOutputs(_HookScope):
     """While entered, the BatchNorm+activation outputs made outside any recipe (those that leave
     their segment) are registered; :meth:`release` then frees their storage until a backward
     reads them, which refills it in place (the same kernels on the same input: the same bits).
@@ -184,24 +206,17 @@ class ReleasableOutputs:
     BatchNorm's output; a step of that BatchNorm before the refill is refused, as for recipes.
     """
 
+    _context = _RELEASABLE
+
     def __init__(self) -> None:
         self._refills: dict[int, _Refill] = {}
         self._released: list[_Refill] = []
-        self._hooks = None
-        self._token = None
+        super().__init__()
 
-    def __enter__(self) -> "ReleasableOutputs":
-        self._token = _RELEASABLE.set(self)
+    def _pack_hook(self, tensor: torch.Tensor):
         # Saved tensors outside any SavedTensors scope (a one-block segment) come here; inside
         # one, its _pack hands what it does not keep otherwise to :meth:`pack`.
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, _unpack)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-        _RELEASABLE.reset(self._token)
-        self._hooks = self._token = None
+        return self.pack(tensor)
 
     def add(self, y: torch.Tensor, x: torch.Tensor, norm: nn.Module, act: nn.Module) -> None:
         storage = y.untyped_storage()

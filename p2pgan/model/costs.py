@@ -63,7 +63,7 @@ def _example_input(name: str, spec: ModelSpec, previous: torch.Tensor | None, ba
     return previous
 
 
-@functools.lru_cache(maxsize=8)
+@functools.cache
 def profile_model(spec: ModelSpec, batch: int = 8) -> ModelCosts:
     """Measure every block once at ``batch`` and report per-sample costs (kept: the counts depend
     on the spec only, and a run asks for them more than once)."""

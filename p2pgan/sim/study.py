@@ -157,13 +157,9 @@ class _Settings:
 
     def __init__(self, ga: GAParams) -> None:
         self.ga = ga
-        self._costs: dict[str, ModelCosts] = {}
 
     def __call__(self, scenario: Scenario) -> Setting:
-        spec = scenario.model_spec
-        costs = self._costs.get(repr(spec))
-        if costs is None:
-            costs = self._costs[repr(spec)] = profile_model(spec)
+        costs = profile_model(scenario.model_spec)  # measured once per spec in a process
         topology = load_topology(scenario.topology or default_topology_path(), scenario.topology_overrides)
         return Setting(costs, tuple(client_ids_for(scenario.num_clients)), scenario.training.batch_size,
                        topology, scenario.seed, self.ga)

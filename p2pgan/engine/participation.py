@@ -87,17 +87,8 @@ class Participation:
         """``client`` is dead or silent (``policy: continue``): out from ``(round_, step)`` on, for good."""
         if client in self._dropped:
             return
-        self._dropped[client] = (round_, step, problem)
-        self.plan = self.plan.with_dropped(client, round_, step, "peer")
-        self.now = self.now - {client}
-        left = natural_sorted(self.plan.present(round_, step))
-        if not left:
-            raise P2PGanError(f"faults.policy continue: every client is gone ({client}: {problem})")
-        self._publish(round_, step, f"{client} dropped: {problem}", present=frozenset(left))
-        if self._bus is not None:
-            self._bus.publish(LogEvent(f"round {round_} step {step}: peer {client} dropped ({problem}); "
-                                       f"the run goes on with {len(left)} client{'s' if len(left) != 1 else ''}",
-                                       "warning"))
+        self._drop_all([client], round_, step, problem, f"{client}: {problem}",
+                       f"peer {client} dropped ({problem});")
 
     def drop_gone(self, clients: Sequence[str], problem: str, first_round: int = 1) -> tuple[int, int] | None:
         """``clients`` are gone together (a Ray shard that died, under ``policy: continue``): out
@@ -112,22 +103,25 @@ class Participation:
             round_, step = first_round, 0
         else:
             round_, step = self.position if self.position[1] >= 0 else (self.position[0] + 1, 0)
+        self._drop_all(gone, round_, step, problem, problem,
+                       f"{problem}; client{'s' if len(gone) > 1 else ''} {', '.join(gone)} dropped,")
+        return round_, step
+
+    def _drop_all(self, gone: Sequence[str], round_: int, step: int, problem: str, why_all: str,
+                  line: str) -> None:
         plan = self.plan
         for client in gone:
             plan = plan.with_dropped(client, round_, step, "peer")
         left = natural_sorted(plan.present(round_, step))
         if not left:  # refused whole: the run ends with this error, its state as it was
-            raise P2PGanError(f"faults.policy continue: every client is gone ({problem})")
+            raise P2PGanError(f"faults.policy continue: every client is gone ({why_all})")
         self.plan = plan
         self._dropped.update({client: (round_, step, problem) for client in gone})
         self.now = self.now - set(gone)
-        names = ", ".join(gone)
-        self._publish(round_, step, f"{names} dropped: {problem}", present=frozenset(left))
+        self._publish(round_, step, f"{', '.join(gone)} dropped: {problem}", present=frozenset(left))
         if self._bus is not None:
-            self._bus.publish(LogEvent(f"round {round_} step {step}: {problem}; client{'s' if len(gone) > 1 else ''} "
-                                       f"{names} dropped, the run goes on with {len(left)} "
+            self._bus.publish(LogEvent(f"round {round_} step {step}: {line} the run goes on with {len(left)} "
                                        f"client{'s' if len(left) != 1 else ''}", "warning"))
-        return round_, step
 
     def _publish(self, round_: int, step: int, reason: str, present: frozenset[str] | None = None) -> None:
         shown = self.now if present is None else present

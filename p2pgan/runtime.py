@@ -97,8 +97,12 @@ def default_threads(cores: int | None = None, kernel_flops: float | None = None)
     pinned = os.environ.get("P2PGAN_THREADS", "")
     if pinned.isdigit() and int(pinned) >= 1:
         return int(pinned)
-    cores = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                             else (os.cpu_count() or 1))
+    cores = cores if cores is not None else available_cores()
     if kernel_flops is not None and kernel_flops < SMALL_KERNEL_FLOPS:
         return 1
     return max(1, cores)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -191,6 +191,43 @@ def test_a_kernel_policy_placed_on_both_engines_keeps_them_equal(policy, digits,
     assert d0.is_contiguous(memory_format=torch.channels_last) == ("d0" in policy.channels_last)
 
 
+def run_with_client_threads(digits, costs, threads: int, steps: int = 2):
+    """Two iterations and a federation of six mixed-cut clients; every node's state and every event."""
+    cuts = MIXED_PLANS["six-mixed"]
+    data = client_data(digits, len(cuts), sizes=[9 + 3 * i for i in range(len(cuts))])
+    bus, events = EventBus(), []
+    bus.subscribe(events.append)
+    engine = CohortEngine(NodeSetup(SPEC, costs, SEED, LR, BETAS), run_plan(cuts, data, steps), data, SplitFedAvg(),
+                          1, U_SHAPED, bus, KernelPolicy(CPU, client_threads=threads))
+    try:
+        for step in range(steps):
+            for losses in engine.iteration(1, step):
+                bus.publish(losses)
+        engine.federate(1, {c.id: {"g_loss": 0.0} for c in engine.clients})
+        return engine.state_dicts(), events
+    finally:
+        engine.close()
+
+
+def test_client_threads_give_the_loops_bits_and_event_stream(digits, costs):
+    """Clients on threads of their own (p2pgan/engine/workers.py) with one kernel thread each: the
+    same bits and the same event stream as the loop, over iterations and a federation."""
+    torch.set_num_threads(1)
+    alone, alone_events = run_with_client_threads(digits, costs, threads=1)
+    threaded, threaded_events = run_with_client_threads(digits, costs, threads=3)
+    assert alone.keys() == threaded.keys()
+    moved = 0
+    for node, state in alone.items():
+        assert state.tensors.keys() == threaded[node].tensors.keys(), node
+        for name, value in state.tensors.items():
+            assert torch.equal(value, threaded[node].tensors[name]), f"{node}:{name}"
+            moved += value.is_floating_point()
+    assert moved > 0
+    # Every compute, transfer, loss and federation event, in the same order with the same values.
+    assert [repr(e) for e in threaded_events] == [repr(e) for e in alone_events]
+    assert len(alone_events) > 50
+
+
 # -- rounds with HuSCF's federation -------------------------------------------------------------
 
 

@@ -59,7 +59,7 @@ def test_every_convolution_is_built_in_channels_last_and_nothing_else():
 
 def test_device_defaults():
     assert default_policy(CPU).channels_last == CPU_CHANNELS_LAST == CHANNELS_LAST_BLOCKS
-    assert KernelPolicy() == default_policy(CPU)
+    assert KernelPolicy(client_threads=default_policy(CPU).client_threads) == default_policy(CPU)
     # CUDA keeps the contiguous format (not measured on a GPU); asking for a policy needs no GPU.
     assert KernelPolicy(torch.device("cuda")).channels_last == frozenset()
     assert KernelPolicy(CPU, frozenset({"g2"})).channels_last == frozenset({"g2"})

@@ -54,6 +54,7 @@ from p2pgan.engine.cohort_port import CohortPort
 from p2pgan.engine.cohort_state import load_optimizer_share, optimizer_share
 from p2pgan.engine.gradients import GradientUse, waiting_forwards
 from p2pgan.engine.execution import KernelPolicy, place_blocks
+from p2pgan.engine.workers import ClientThreads
 from p2pgan.errors import P2PGanError
 from p2pgan.ids import SERVER_ID
 from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, Block, NetworkDef, build_initial_blocks
@@ -246,6 +247,7 @@ class CohortEngine:
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
         self._port = CohortPort(bus, setup.costs)
+        self._threads = ClientThreads(self.policy.client_threads, self._port)
 
     def _server_params(self, network: NetworkDef) -> list[torch.nn.Parameter]:
         return [p for n, b in self.server_blocks.items() if n in network.block_names for p in b.parameters()]
@@ -292,6 +294,10 @@ class CohortEngine:
         for node in (*(c.id for c in self.clients), SERVER_ID):
             self._bus.publish(NodeStateEvent(node, "done"))
 
+    def close(self) -> None:
+        """Stop the client threads (:class:`~p2pgan.engine.workers.ClientThreads`)."""
+        self._threads.close()
+
     def iteration(self, round_: int, step: int) -> list[ClientLosses]:
         self._port.at(round_, step)
         values: dict[str, list[torch.Tensor]] = {}
@@ -326,9 +332,9 @@ class CohortEngine:
 
     def _exchange(self, action: Exchange, group: _Group, its: dict[str, _ClientIteration],
                   graphs: dict[Phase, _ServerGraph]) -> None:
+        each = self._threads.each
         for trip in action.trips:
-            for client in group.clients:
-                self._client_up(client, trip, its[client.id])
+            each(group.clients, lambda client: self._client_up(client, trip, its[client.id]))
         for trip in action.trips:
             through = group.through[trip.network.name]
             if trip.direction == FWD:
@@ -336,8 +342,7 @@ class CohortEngine:
             else:
                 self._server_backward(trip, through, {name: graphs.pop(phase) for name, phase in trip.grad_of}, its)
         for trip in action.trips:
-            for client in group.clients:
-                self._client_down(client, trip, its[client.id])
+            each(group.clients, lambda client: self._client_down(client, trip, its[client.id]))
 
     def _paired_passes(self, group: _Group, paired: _Paired, its: dict[str, _ClientIteration]) -> None:
         """``paired`` one forward at a time (see :class:`_Paired`)."""
@@ -348,20 +353,21 @@ class CohortEngine:
         down_bytes = dict(up_bytes)
         served: dict[Phase, tuple[dict[str, int], int]] = {}
         """Per trip, what the server's report needs of its graph: samples per block, batch."""
+        each = self._threads.each
         with self._port.in_program_order():
             for k, trip in enumerate(paired.forward.trips):
                 self._port.position = (0, k)
-                for client in group.clients:
-                    self._client_up(client, trip, its[client.id])
+                each(group.clients, lambda client: self._client_up(client, trip, its[client.id]))
                 self._port.position = (1, k)
                 graph = self._server_forward(trip, through, its)
                 self._port.position = (2, k)
-                for client in group.clients:
-                    self._client_down(client, trip, its[client.id])
                 term = Local(LocalAction.LOSS, name=trip.result, terms=((trip.result, dict(paired.loss.terms)[trip.result]),))
-                for client in group.clients:  # this trip's term and its backward down to the upload
+
+                def down_and_back(client: _Client) -> None:  # the tail, this trip's term, its backward
                     it = its[client.id]
+                    self._client_down(client, trip, it)
                     torch.autograd.backward(compute_loss(term, it.tensors, it.terms), inputs=self._wanted(client, it))
+                each(group.clients, down_and_back)
                 for client in through:
                     up_bytes[client.id] += _nbytes(its[client.id].passes[trip.phase].tail_in.grad)
                 if through:
@@ -369,10 +375,12 @@ class CohortEngine:
                     torch.autograd.backward([graph.outputs[c.id] for c in through],
                                             [its[c.id].passes[trip.phase].tail_in.grad for c in through],
                                             inputs=wanted + list(graph.leaves.values()))
+                grads = {c.id: graph.leaves[c.id].grad for c in through}
                 for client in through:
-                    it, grad = its[client.id], graph.leaves[client.id].grad
-                    down_bytes[client.id] += _nbytes(grad)
-                    torch.autograd.backward([it.passes[trip.phase].head_out], [grad], inputs=self._wanted(client, it))
+                    down_bytes[client.id] += _nbytes(grads[client.id])
+                each(through, lambda client: torch.autograd.backward(
+                    [its[client.id].passes[trip.phase].head_out], [grads[client.id]],
+                    inputs=self._wanted(client, its[client.id])))
                 served[trip.phase] = (graph.samples_per_block, sum(x.shape[0] for x in graph.leaves.values()))
                 del graph
                 for client in group.clients:

@@ -9,11 +9,15 @@ node engine run publishes, so both runs are priced identically.
 
 Where the cohort computes a stretch of the program in another order than the program's (see
 :meth:`CohortPort.in_program_order`), it tags what it reports with program positions and the
-port publishes it sorted by them.
+port publishes it sorted by them. Where it computes clients on several threads
+(:class:`~p2pgan.engine.workers.ClientThreads`), each client's reports are captured on its
+thread (:meth:`CohortPort.captured`) and reported again in client order (:meth:`CohortPort.replay`),
+so what is published does not depend on which thread finished first.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -35,6 +39,7 @@ class CohortPort:
         self._costs = costs
         self._consumed: dict[str, list[str]] = {}
         self._held: list[tuple[tuple[int, ...], int, Callable[[], None]]] | None = None
+        self._thread = threading.local()
 
     def at(self, round_: int, step: int) -> None:
         self.round, self.step = round_, step
@@ -81,8 +86,26 @@ class CohortPort:
             for _, _, publish in sorted(held, key=lambda entry: entry[:2]):
                 publish()
 
+    @contextmanager
+    def captured(self) -> Iterator[list[Callable[[], None]]]:
+        """Keep what this thread reports meanwhile in the yielded list, for :meth:`replay`."""
+        reports: list[Callable[[], None]] = []
+        self._thread.captured = reports
+        try:
+            yield reports
+        finally:
+            self._thread.captured = None
+
+    def replay(self, reports: Iterable[Callable[[], None]]) -> None:
+        """Report what :meth:`captured` kept, as if it were reported now on this thread."""
+        for publish in reports:
+            self._report(publish)
+
     def _report(self, publish: Callable[[], None]) -> None:
-        if self._held is None:
+        captured = getattr(self._thread, "captured", None)
+        if captured is not None:
+            captured.append(publish)
+        elif self._held is None:
             publish()
         else:
             self._held.append((self.position, len(self._held), publish))

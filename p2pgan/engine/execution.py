@@ -18,14 +18,17 @@ from torch import nn
 
 from p2pgan.errors import P2PGanError
 from p2pgan.model.blocks import CHANNELS_LAST_BLOCKS
+from p2pgan.runtime import available_cores
 
 DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
 class KernelPolicy:
-    """The device blocks live on and the blocks whose convolutions run in ``channels_last``
-    (``None``: the device's default, :func:`default_channels_last`).
+    """The device blocks live on, the blocks whose convolutions run in ``channels_last``
+    (``None``: the device's default, :func:`default_channels_last`), and how many clients' blocks
+    run at once on threads of their own (:class:`~p2pgan.engine.workers.ClientThreads`; it does
+    not change the numbers).
 
     A block listed in ``channels_last`` has its 4-D weights in that format; its inputs are
     converted by the kernels themselves (a convolution follows its weight's format). Every
@@ -34,6 +37,7 @@ class KernelPolicy:
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     channels_last: frozenset[str] | None = None
+    client_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.channels_last is None:
@@ -76,7 +80,17 @@ def default_channels_last(device: torch.device) -> frozenset[str]:
 
 
 def default_policy(device: torch.device) -> KernelPolicy:
-    return KernelPolicy(device)
+    return KernelPolicy(device, client_threads=default_client_threads(device))
+
+
+def default_client_threads(device: torch.device, cores: int | None = None) -> int:
+    """A thread per core for the clients where each kernel runs on one intra-op thread on the CPU
+    (the small-kernel default of :func:`p2pgan.runtime.default_threads`, or ``--threads 1``):
+    otherwise all but one core would wait. Where torch splits each kernel over the cores itself,
+    or on a GPU (one stream, kernels queued in turn), one."""
+    if device.type != "cpu" or torch.get_num_threads() != 1:
+        return 1
+    return cores if cores is not None else available_cores()
 
 
 def place_blocks(blocks: Mapping[str, nn.Module], policy: KernelPolicy) -> None:

@@ -30,7 +30,9 @@ the rebuilt tensor with them (autograd's own version check does the same for sav
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
@@ -78,6 +80,23 @@ class _HookScope:
         self._context.reset(self._token)
         # Let go of the hooks (and the cycle through them) now, not at a later collection.
         self._hooks = self._token = None
+
+    @classmethod
+    def active(cls) -> "_HookScope | None":
+        """The scope of this kind entered in the current context, if any."""
+        return cls._context.get()
+
+    @contextmanager
+    def joined(self) -> Iterator["_HookScope"]:
+        """This (entered) scope, active in the calling thread too: autograd's saved-tensor hooks
+        and context variables are per thread, so work that another thread does on behalf of the
+        entering one joins its scope there."""
+        token = self._context.set(self)
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack_hook, _unpack):
+                yield self
+        finally:
+            self._context.reset(token)
 
 
 class SavedTensors(_HookScope):
@@ -274,6 +293,8 @@ class _Refill:
         self.x, self.norm, self.act = x.detach(), norm, act
         self.versions = _versions(norm)
         self.released = False
+        # Clients' backwards on several threads may read one refill (a server output sent to each).
+        self._lock = threading.Lock()
 
     def release(self) -> int:
         # Not resizable any more: someone else maps it (a transport's encoder viewing it as an array).
@@ -287,6 +308,11 @@ class _Refill:
     def ensure(self) -> None:
         if not self.released:
             return
+        with self._lock:
+            if self.released:
+                self._refill()
+
+    def _refill(self) -> None:
         if _versions(self.norm) != self.versions:
             raise RuntimeError("a BatchNorm's weights changed between a forward and its backward")
         norm = self.norm

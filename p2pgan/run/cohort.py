@@ -47,6 +47,9 @@ async def run_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy, f
     for every node at once (a resumed run passes its first round and every node's saved state;
     ``checkpoint`` gets every node's state after each round, in the node engine's format)."""
     engine = build_cohort(prepared, bus, strategy)
-    if states is not None:
-        engine.load_state_dicts(dict(states))
-    await engine.run(first_round, checkpoint)
+    try:
+        if states is not None:
+            engine.load_state_dicts(dict(states))
+        await engine.run(first_round, checkpoint)
+    finally:
+        engine.close()

@@ -46,6 +46,8 @@ import torch
 from torch.nn import functional as F
 
 IMPLS = ("baseline", "mono", "nodes", "cohort", "cohort-contiguous")
+OURS = ("nodes", "cohort", "cohort-contiguous")
+"""The implementations ``p2pgan scenario run`` runs (``--as-cli`` sets their threads as it does)."""
 BASELINE_COMMIT = "3900328"
 """The issue-time main the targets are stated against (issue 14: >= 2x at 12:0.25:32, >= 1.2x at 16:1:64)."""
 DEFAULT_SIZES = ("12:0.25:32", "16:1:64")
@@ -128,7 +130,7 @@ def drive(made: tuple[float, Step], reps: int, warmup: int, device: str, gated: 
             print("done", flush=True)
     times = times[warmup:]
     return {"times": [w for w, _ in times], "cpu_times": [c for _, c in times], "peak_mb": peak_rss_mb(),
-            "base_mb": base_mb}
+            "base_mb": base_mb, "threads": torch.get_num_threads()}
 
 
 def on_loop(make_nodes: Callable[[], Awaitable[list]], iteration: Callable[[list, int], Awaitable]) -> Step:
@@ -181,9 +183,30 @@ def make_cohort(clients: int, width: float, batch: int, steps: int, device: str 
         from p2pgan.engine.execution import exact_cuda
 
         exact_cuda()
-    policy = KernelPolicy(torch.device(device), channels_last)
+    policy = KernelPolicy(torch.device(device), channels_last, client_threads_for(torch.device(device)))
     engine = CohortEngine(setup, plan, data, SplitFedAvg(), 1, U_SHAPED, EventBus(), policy)
     return base, lambda i: engine.iteration(1, i)
+
+
+CLIENT_THREADS = 0
+"""The cohort's client threads (``--client-threads``; 0: the engine's default for the torch threads)."""
+
+
+def client_threads_for(device: torch.device) -> int:
+    from p2pgan.engine.execution import default_client_threads
+
+    return CLIENT_THREADS or default_client_threads(device)
+
+
+def cli_threads(width: float, batch: int) -> int:
+    """The intra-op threads ``p2pgan scenario run`` gives a run of this model and batch size
+    (p2pgan/run/threads.py)."""
+    from p2pgan.model.blocks import ModelSpec
+    from p2pgan.model.costs import profile_model
+    from p2pgan.runtime import default_threads
+
+    costs = profile_model(ModelSpec(width=width))
+    return default_threads(kernel_flops=max(block.fwd_flops for block in costs.blocks) * batch)
 
 
 def make_baseline(clients: int, width: float, batch: int, steps: int, device: str = "cpu") -> tuple[float, Step]:
@@ -299,7 +322,9 @@ def worker_command(impl: str, clients: int, width: float, batch: int, args: argp
                    baseline: str | None, gated: bool) -> tuple[list[str], dict[str, str]]:
     cmd = [sys.executable, __file__, "--worker", impl, "--sizes", f"{clients}:{width}:{batch}",
            "--reps", str(args.reps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--device", args.device]
+           "--device", args.device, "--client-threads", str(args.client_threads)]
+    if args.as_cli:
+        cmd.append("--as-cli")
     if args.cl_blocks is not None:
         cmd += ["--cl-blocks", *args.cl_blocks]
     if args.default_malloc:
@@ -307,6 +332,8 @@ def worker_command(impl: str, clients: int, width: float, batch: int, args: argp
     if gated:
         cmd.append("--gated")
     env = dict(os.environ)
+    if args.as_cli and impl in OURS:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as p2pgan.runtime.passive_thread_waits sets it
     if impl == "baseline":
         # That commit's tree first on the path: its p2pgan and transports shadow the installed ones.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
@@ -408,6 +435,13 @@ def main() -> None:
                         help="run every implementation this many times in turn, pooling their reps (drift on a "
                              "shared machine then favours none)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--as-cli", action="store_true",
+                        help="each implementation with the threads its own CLI gives it, not --threads: ours "
+                             "p2pgan.runtime's default (by model size) with passive OpenMP waits, the cohort's "
+                             "client threads by that count; the baseline and mono torch's default, active waits")
+    parser.add_argument("--client-threads", type=int, default=0,
+                        help="the cohort's client threads (0: its default, a thread per core when torch runs "
+                             "one intra-op thread)")
     parser.add_argument("--gemm", type=int, default=4096, help="GEMM size n (n x n fp32)")
     parser.add_argument("--cores", type=int, default=0,
                         help="cores for the nominal peak (0: the torch threads the run uses)")
@@ -431,7 +465,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLIENT_THREADS
+    CLIENT_THREADS = args.client_threads
     if args.worker:
+        if args.as_cli and args.worker in OURS:
+            _, width, batch = parse_size(args.sizes[0])
+            torch.set_num_threads(cli_threads(width, batch))
         if not args.default_malloc:
             from p2pgan.runtime import keep_freed_memory
 
@@ -442,7 +481,10 @@ def main() -> None:
         if args.cl_blocks is not None:
             makers["cohort"] = lambda *a: make_cohort(*a, channels_last=frozenset(args.cl_blocks))
         made = makers[args.worker](clients, width, batch, args.warmup + args.reps, args.device)
-        print(json.dumps(drive(made, args.reps, args.warmup, args.device, args.gated)), flush=True)
+        result = drive(made, args.reps, args.warmup, args.device, args.gated)
+        if args.worker.startswith("cohort"):
+            result["client_threads"] = client_threads_for(torch.device(args.device))
+        print(json.dumps(result), flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="bench-step-baseline-") as scratch:
         baseline = baseline_tree(args.baseline, scratch) if "baseline" in args.impls else None
@@ -464,7 +506,8 @@ def report(args: argparse.Namespace, impls: list[str], baseline: str | None) -> 
     peak = cores * args.flop_per_cycle * args.clock_ghz
     use_cpu = args.clock == "cpu" and args.device == "cpu"
     gemm = gemm_gflops(args.gemm, 5, args.device, use_cpu)
-    print(f"torch {torch.__version__}, device {args.device}, {threads} thread(s), median of {args.reps * args.rounds} "
+    setup = ("threads as each one's CLI sets them (--as-cli)" if args.as_cli else f"{threads} thread(s)")
+    print(f"torch {torch.__version__}, device {args.device}, {setup}, median of {args.reps * args.rounds} "
           f"({args.rounds} x {args.reps} after {args.warmup} warm-up{', interleaved' if args.interleave else ''}), "
           "mixed cuts, "
           f"{'default' if args.default_malloc else 'tuned'} malloc")
@@ -474,7 +517,7 @@ def report(args: argparse.Namespace, impls: list[str], baseline: str | None) -> 
     if baseline is not None:
         print(f"baseline: the node engine of {args.baseline} (its own bench_step setup), from {baseline}")
     print(f"load average at start: {load_average()}")
-    header = (f"{'size':>14} {'impl':>17} {'s/iter':>8} {'cpu s':>7} {'GFLOP/s':>8} {'%GEMM':>6} {'%peak':>6} "
+    header = (f"{'size':>14} {'impl':>17} {'threads':>7} {'s/iter':>8} {'cpu s':>7} {'GFLOP/s':>8} {'%GEMM':>6} {'%peak':>6} "
               f"{'MB/client':>9} {'vs base':>8} {'paired':>8} {'vs nodes':>8}")
     print(header)
     rows = []
@@ -490,7 +533,9 @@ def report(args: argparse.Namespace, impls: list[str], baseline: str | None) -> 
                 if "error" in res or "error" in results.get(impl, {}):
                     results[impl] = res if "error" in res else results[impl]
                     continue
-                pooled = results.setdefault(impl, {"times": [], "cpu_times": [], "peak_mb": 0.0, "base_mb": 0.0})
+                pooled = results.setdefault(impl, {"times": [], "cpu_times": [], "peak_mb": 0.0, "base_mb": 0.0,
+                                                   "threads": res["threads"],
+                                                   "client_threads": res.get("client_threads", 1)})
                 pooled["times"] += res["times"]
                 pooled["cpu_times"] += res["cpu_times"]
                 # Peak memory: the largest over the rounds (each is its own fresh process).
@@ -500,7 +545,11 @@ def report(args: argparse.Namespace, impls: list[str], baseline: str | None) -> 
 
         def seconds(impl: str) -> float:
             median = statistics.median(ok[impl][key])
-            return median / threads if use_cpu else median
+            return median / ok[impl]["threads"] if use_cpu else median
+
+        def threads_of(impl: str) -> str:  # intra-op threads, x the cohort's client threads
+            clients_on = results[impl].get("client_threads", 1)
+            return f"{results[impl]['threads']}" + (f"x{clients_on}" if clients_on > 1 else "")
 
         for impl in impls:
             res = results[impl]
@@ -508,7 +557,7 @@ def report(args: argparse.Namespace, impls: list[str], baseline: str | None) -> 
                 rows.append({"size": size, "impl": impl, "error": res["error"]})
                 print(f"{size:>14} {impl:>17}  failed: {res['error']}", flush=True)
                 continue
-            wall, cpu = statistics.median(res["times"]), statistics.median(res["cpu_times"]) / threads
+            wall, cpu = statistics.median(res["times"]), statistics.median(res["cpu_times"]) / res["threads"]
             median = seconds(impl)
             rate = gflop / median
             mb = (res["peak_mb"] - res["base_mb"]) / clients
@@ -519,12 +568,13 @@ def report(args: argparse.Namespace, impls: list[str], baseline: str | None) -> 
                       if args.interleave and "baseline" in ok else float("nan"))
             vs_nodes = seconds("nodes") / median if "nodes" in ok else float("nan")
             rows.append({"size": size, "clients": clients, "width": width, "batch": batch, "impl": impl,
+                         "threads": res["threads"], "client_threads": res.get("client_threads", 1),
                          "gflop_per_iter": gflop, "s_per_iter": wall, "cpu_s_per_iter": cpu, "times": res["times"],
                          "cpu_times": res["cpu_times"], "clock": args.clock if use_cpu else "wall", "gflops": rate,
                          "share_gemm": rate / gemm, "share_peak": rate / peak, "mb_per_client": mb,
                          "speedup_vs_baseline": vs_base, "paired_speedup_vs_baseline": paired,
                          "speedup_vs_nodes": vs_nodes})
-            print(f"{size:>14} {impl:>17} {wall:>8.3f} {cpu:>7.3f} {rate:>8.1f} {100 * rate / gemm:>5.0f}% "
+            print(f"{size:>14} {impl:>17} {threads_of(impl):>7} {wall:>8.3f} {cpu:>7.3f} {rate:>8.1f} {100 * rate / gemm:>5.0f}% "
                   f"{100 * rate / peak:>5.0f}% {mb:>9.1f} {vs_base:>7.2f}x {paired:>7.2f}x {vs_nodes:>7.2f}x", flush=True)
         print(f"{'':>14} ({gflop:.1f} GFLOP per iteration)")
     print(f"load average at end: {load_average()}")

@@ -54,7 +54,8 @@ def one_trial(scenario: str, overrides: list[str], threads: int | None) -> tuple
         if threads is not None:
             cmd += ["--threads", str(threads)]
         env = {k: v for k, v in os.environ.items() if k not in ("P2PGAN_THREADS", "OMP_WAIT_POLICY",
-                                                                 "OMP_NUM_THREADS")}
+                                                                 "OMP_NUM_THREADS", "GOMP_SPINCOUNT",
+                                                                 "KMP_BLOCKTIME")}
         chosen = threads if threads is not None else _default_for(scenario, tuple(overrides))
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

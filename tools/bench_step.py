@@ -169,8 +169,9 @@ def make_nodes(clients: int, width: float, batch: int, steps: int, device: str =
 
 
 def make_cohort(clients: int, width: float, batch: int, steps: int, device: str = "cpu",
-                channels_last: frozenset[str] | None = None) -> tuple[float, Step]:
-    """``channels_last``: the blocks in that format (``None``: the device's default policy)."""
+                channels_last: frozenset[str] | None = None, client_threads: int = 0) -> tuple[float, Step]:
+    """``channels_last``: the blocks in that format (``None``: the device's default policy);
+    ``client_threads``: see :func:`client_threads_for`."""
     from p2pgan.bus import EventBus
     from p2pgan.engine.cohort import CohortEngine
     from p2pgan.engine.execution import KernelPolicy
@@ -183,30 +184,26 @@ def make_cohort(clients: int, width: float, batch: int, steps: int, device: str 
         from p2pgan.engine.execution import exact_cuda
 
         exact_cuda()
-    policy = KernelPolicy(torch.device(device), channels_last, client_threads_for(torch.device(device)))
+    policy = KernelPolicy(torch.device(device), channels_last, client_threads_for(torch.device(device), client_threads))
     engine = CohortEngine(setup, plan, data, SplitFedAvg(), 1, U_SHAPED, EventBus(), policy)
     return base, lambda i: engine.iteration(1, i)
 
 
-CLIENT_THREADS = 0
-"""The cohort's client threads (``--client-threads``; 0: the engine's default for the torch threads)."""
-
-
-def client_threads_for(device: torch.device) -> int:
+def client_threads_for(device: torch.device, asked: int) -> int:
+    """The cohort's client threads: ``asked`` (``--client-threads``), or for 0 the engine's default
+    for the torch threads of the moment."""
     from p2pgan.engine.execution import default_client_threads
 
-    return CLIENT_THREADS or default_client_threads(device)
+    return asked or default_client_threads(device)
 
 
 def cli_threads(width: float, batch: int) -> int:
-    """The intra-op threads ``p2pgan scenario run`` gives a run of this model and batch size
-    (p2pgan/run/threads.py)."""
+    """The intra-op threads ``p2pgan scenario run`` gives a run of this model and batch size."""
     from p2pgan.model.blocks import ModelSpec
-    from p2pgan.model.costs import profile_model
+    from p2pgan.run.threads import kernel_flops
     from p2pgan.runtime import default_threads
 
-    costs = profile_model(ModelSpec(width=width))
-    return default_threads(kernel_flops=max(block.fwd_flops for block in costs.blocks) * batch)
+    return default_threads(kernel_flops=kernel_flops(ModelSpec(width=width), batch))
 
 
 def make_baseline(clients: int, width: float, batch: int, steps: int, device: str = "cpu") -> tuple[float, Step]:
@@ -465,25 +462,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLIENT_THREADS
-    CLIENT_THREADS = args.client_threads
     if args.worker:
+        clients, width, batch = parse_size(args.sizes[0])
         if args.as_cli and args.worker in OURS:
-            _, width, batch = parse_size(args.sizes[0])
             torch.set_num_threads(cli_threads(width, batch))
         if not args.default_malloc:
             from p2pgan.runtime import keep_freed_memory
 
             keep_freed_memory()  # every implementation alike, as the CLI runs them
-        clients, width, batch = parse_size(args.sizes[0])
-        makers = {"baseline": make_baseline, "mono": make_mono, "nodes": make_nodes, "cohort": make_cohort,
-                  "cohort-contiguous": lambda *a: make_cohort(*a, channels_last=frozenset())}
-        if args.cl_blocks is not None:
-            makers["cohort"] = lambda *a: make_cohort(*a, channels_last=frozenset(args.cl_blocks))
+        cl_blocks = frozenset(args.cl_blocks) if args.cl_blocks is not None else None
+        makers = {"baseline": make_baseline, "mono": make_mono, "nodes": make_nodes,
+                  "cohort": lambda *a: make_cohort(*a, channels_last=cl_blocks, client_threads=args.client_threads),
+                  "cohort-contiguous": lambda *a: make_cohort(*a, channels_last=frozenset(),
+                                                             client_threads=args.client_threads)}
         made = makers[args.worker](clients, width, batch, args.warmup + args.reps, args.device)
         result = drive(made, args.reps, args.warmup, args.device, args.gated)
         if args.worker.startswith("cohort"):
-            result["client_threads"] = client_threads_for(torch.device(args.device))
+            result["client_threads"] = client_threads_for(torch.device(args.device), args.client_threads)
         print(json.dumps(result), flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="bench-step-baseline-") as scratch:

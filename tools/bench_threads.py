@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from p2pgan.config import load_scenario  # noqa: E402  (the tool runs from a checkout)
 from p2pgan.run.threads import threads_for  # noqa: E402
+from p2pgan.runtime import available_cores  # noqa: E402
 
 
 def _burn(stop: multiprocessing.Event) -> None:  # type: ignore[valid-type]
@@ -38,10 +39,6 @@ def _burn(stop: multiprocessing.Event) -> None:  # type: ignore[valid-type]
     while not stop.is_set():  # type: ignore[attr-defined]
         for _ in range(200_000):
             x = (x * 1103515245 + 12345) & 0xFFFFFFFF
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def one_trial(scenario: str, overrides: list[str], threads: int | None) -> tuple[float, int]:
@@ -79,7 +76,7 @@ def measure(condition: str, scenario: str, overrides: list[str], repeats: int, c
     stop = multiprocessing.Event()
     burners = []
     if condition == "busy":
-        burners = [multiprocessing.Process(target=_burn, args=(stop,), daemon=True) for _ in range(_cores())]
+        burners = [multiprocessing.Process(target=_burn, args=(stop,), daemon=True) for _ in range(available_cores())]
         for proc in burners:
             proc.start()
         time.sleep(20)  # let the 1-minute load average see them, as it would on a machine busy for a while
@@ -117,8 +114,8 @@ def main() -> None:
     parser.add_argument("--conditions", nargs="+", default=["idle", "busy"], choices=["idle", "busy"])
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
-    choices: list[int | None] = [None] + list(range(1, _cores() + 1))
-    print(f"bench_threads: {args.scenario} {' '.join(args.overrides)}, {_cores()} cores, "
+    choices: list[int | None] = [None] + list(range(1, available_cores() + 1))
+    print(f"bench_threads: {args.scenario} {' '.join(args.overrides)}, {available_cores()} cores, "
           f"{args.repeats} repeats, load at start {os.getloadavg()[0]:.2f}", flush=True)
     results = [measure(c, args.scenario, args.overrides, args.repeats, choices) for c in args.conditions]
     print()

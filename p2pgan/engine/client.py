@@ -58,7 +58,7 @@ class BatchSampler:
 
 
 @dataclass
-class _Pass:
+class Pass:
     """One forward round trip's ends on the client: the head's output and the tail's input."""
 
     head_out: torch.Tensor
@@ -66,21 +66,45 @@ class _Pass:
 
 
 @dataclass
-class _Iteration:
-    """What one iteration of the program holds on the client while it runs."""
+class ClientIteration:
+    """What one iteration of the program holds on a client while it runs (the node's, and each
+    client's in the cohort engine)."""
 
     labels: torch.Tensor
     tensors: dict[str, torch.Tensor]
-    passes: dict[Phase, _Pass] = field(default_factory=dict)
+    passes: dict[Phase, Pass] = field(default_factory=dict)
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
-    held: dict[Phase, ReleasableOutputs] = field(default_factory=dict)
-    """Per waiting forward (see :func:`~p2pgan.engine.gradients.waiting_forwards`), what its head let go of."""
 
     def source(self, name: str) -> torch.Tensor:
         if name.endswith("_detached"):
             return self.tensors[name.removesuffix("_detached")].detach()
         return self.tensors[name]
+
+    def forget_graphs(self, trip: RoundTrip, program: Program) -> None:
+        """After ``trip``'s backward: its forwards' ends go, and their results and the loss keep
+        their values only (a graph node outlives its backward for as long as a tensor made by it
+        does, and with it the tensors it refers to: received activations, views of the server's
+        whole batch)."""
+        for _, phase in trip.grad_of:
+            self.forget_pass(phase, program)
+        if trip.source is not None:
+            self.losses[trip.source] = self.losses[trip.source].detach()
+
+    def forget_pass(self, phase: Phase, program: Program) -> None:
+        del self.passes[phase]
+        result = program.trip(phase).result
+        self.tensors[result] = self.tensors[result].detach()
+        if result in self.terms:
+            self.terms[result] = self.terms[result].detach()
+
+
+@dataclass
+class _Iteration(ClientIteration):
+    """A node's iteration: what it released of its waiting forwards, on top."""
+
+    held: dict[Phase, ReleasableOutputs] = field(default_factory=dict)
+    """Per waiting forward (see :func:`~p2pgan.engine.gradients.waiting_forwards`), what its head let go of."""
 
 
 class ClientNode:
@@ -193,7 +217,7 @@ class ClientNode:
                 it.held[trip.phase] = held
             with held or nullcontext():
                 head_out = self._run(head, trip.phase, it.source(trip.source), it.labels)
-            it.passes[trip.phase] = _Pass(head_out, head_out)
+            it.passes[trip.phase] = Pass(head_out, head_out)
             if split.server:
                 await self._send(trip, {"act": head_out.detach()})
             return
@@ -222,20 +246,7 @@ class ClientNode:
                                     [msg.tensors[name] for name, _ in trip.grad_of], inputs=self._wanted(it))
             del msg
             self._computed(trip.after.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.labels.shape[0])
-        self._forget_graphs(trip, it)
-
-    def _forget_graphs(self, trip: RoundTrip, it: _Iteration) -> None:
-        """After ``trip``'s backward: its forwards' ends go, and their results and the loss keep
-        their values only (a graph node outlives its backward for as long as a tensor made by it
-        does, and with it the tensors it refers to)."""
-        for _, phase in trip.grad_of:
-            del it.passes[phase]
-            result = self._program.trip(phase).result
-            it.tensors[result] = it.tensors[result].detach()
-            if result in it.terms:
-                it.terms[result] = it.terms[result].detach()
-        if trip.source is not None:
-            it.losses[trip.source] = it.losses[trip.source].detach()
+        it.forget_graphs(trip, self._program)
 
     def _wanted(self, it: _Iteration) -> list[torch.Tensor]:
         """What a backward must reach: the parameters whose gradients are read, and the received

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import torch
 
 from p2pgan.bus import EventBus
-from p2pgan.engine.client import BatchSampler
+from p2pgan.engine.client import BatchSampler, ClientIteration, Pass
 from p2pgan.engine.loops import RoundCheckpoint, RoundLosses
 from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, copy as state_copy, generator_state,
                                  load_blocks, load_generator)
@@ -75,31 +75,13 @@ LOSS_NAMES = ("d_real", "d_fake", "d_loss", "g_loss")
 
 
 @dataclass
-class _Pass:
-    """One forward round trip on a client: the head's output and the tail's input."""
+class _ClientIteration(ClientIteration):
+    """What one iteration holds for one client while it runs (the node's, plus the tensors that
+    would be in flight between it and the server)."""
 
-    head_out: torch.Tensor
-    tail_in: torch.Tensor
-
-
-@dataclass
-class _ClientIteration:
-    """What one iteration holds for one client while it runs (the node's ``_Iteration``, plus the
-    tensors that would be in flight between it and the server)."""
-
-    labels: torch.Tensor
-    tensors: dict[str, torch.Tensor]
-    passes: dict[Phase, _Pass] = field(default_factory=dict)
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)
     uploads: dict[Phase, tuple[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
     """What the client sent the server in this iteration: message id and tensors, per phase."""
     downloads: dict[Phase, tuple[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
-
-    def source(self, name: str) -> torch.Tensor:
-        if name.endswith("_detached"):
-            return self.tensors[name.removesuffix("_detached")].detach()
-        return self.tensors[name]
 
     @property
     def batch(self) -> int:
@@ -384,7 +366,7 @@ class CohortEngine:
                 served[trip.phase] = (graph.samples_per_block, sum(x.shape[0] for x in graph.leaves.values()))
                 del graph
                 for client in group.clients:
-                    self._forget_pass(trip.phase, its[client.id])
+                    its[client.id].forget_pass(trip.phase, self._program)
         for it in its.values():
             total = None
             for result, _ in paired.loss.terms:
@@ -513,7 +495,7 @@ class CohortEngine:
         split = client.split(trip)
         if trip.direction == FWD:
             head_out = self._run(client, split.head, trip.phase, it.source(trip.source), it.labels)
-            it.passes[trip.phase] = _Pass(head_out, head_out)
+            it.passes[trip.phase] = Pass(head_out, head_out)
             if split.server:
                 self._upload(client, trip, it, {"act": head_out.detach()})
             return
@@ -536,24 +518,7 @@ class CohortEngine:
             torch.autograd.backward([it.passes[phase].head_out for _, phase in trip.grad_of],
                                     [grads[name] for name, _ in trip.grad_of], inputs=self._wanted(client, it))
             self._computed(client.id, trip.after.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.batch)
-        self._forget_graphs(trip, it)
-
-    def _forget_graphs(self, trip: RoundTrip, it: _ClientIteration) -> None:
-        """After ``trip``'s backward: its forwards' ends go, and their results and the loss keep
-        their values only. A graph node outlives its backward for as long as a tensor made by it
-        does, and holds the leaves it feeds (here: received activations, views of the server's
-        whole batch) until then."""
-        for _, phase in trip.grad_of:
-            self._forget_pass(phase, it)
-        if trip.source is not None:
-            it.losses[trip.source] = it.losses[trip.source].detach()
-
-    def _forget_pass(self, phase: Phase, it: _ClientIteration) -> None:
-        del it.passes[phase]
-        result = self._program.trip(phase).result
-        it.tensors[result] = it.tensors[result].detach()
-        if result in it.terms:
-            it.terms[result] = it.terms[result].detach()
+        it.forget_graphs(trip, self._program)
 
     def _local(self, action: Local, its: dict[str, _ClientIteration],
                optimizers: dict[str, torch.optim.Optimizer | None]) -> None:

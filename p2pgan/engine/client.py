@@ -81,6 +81,10 @@ class ClientIteration:
             return self.tensors[name.removesuffix("_detached")].detach()
         return self.tensors[name]
 
+    def received_leaves(self) -> list[torch.Tensor]:
+        """The received activations (graph-cut leaves) whose gradients go up later."""
+        return [p.tail_in for p in self.passes.values() if p.tail_in is not p.head_out]
+
     def forget_graphs(self, trip: RoundTrip, program: Program) -> None:
         """After ``trip``'s backward: its forwards' ends go, and their results and the loss keep
         their values only (a graph node outlives its backward for as long as a tensor made by it
@@ -253,7 +257,7 @@ class ClientNode:
         activations whose gradients go up later."""
         params = self._gradients.live_params(
             lambda net: [p for n in network_split(self.plan.split, net).client_blocks for p in self.blocks[n].parameters()])
-        return params + [p.tail_in for p in it.passes.values() if p.tail_in is not p.head_out]
+        return params + it.received_leaves()
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -609,8 +609,7 @@ class CohortEngine:
     def _wanted(self, client: _Client, it: _ClientIteration) -> list[torch.Tensor]:
         """What a client's backward must reach: the parameters of the networks whose gradients
         are read, and the graph-cut leaves (received tensors) whose gradients go up later."""
-        return self._gradients.live_params(client.params) + [p.tail_in for p in it.passes.values()
-                                                             if p.tail_in is not p.head_out]
+        return self._gradients.live_params(client.params) + it.received_leaves()
 
     def _run(self, client: _Client, names: tuple[str, ...], phase: Phase, x: torch.Tensor,
              labels: torch.Tensor) -> torch.Tensor:

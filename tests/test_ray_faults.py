@@ -33,7 +33,7 @@ from p2pgan.protocol.events import ClientLosses, LogEvent, ParticipationChanged,
 from p2pgan.run.checkpoint import find_resume_point, rewind_results  # noqa: E402
 from p2pgan.run.ray import _shard_routes, run_ray  # noqa: E402
 from p2pgan.run.session import run_scenario  # noqa: E402
-from transports.ray import RayTransport  # noqa: E402
+from transports.ray import Parcel, RayTransport  # noqa: E402
 
 # tests/test_ray.py's two-node cluster, its one torch thread (the actors run one each) and helpers.
 cluster = test_ray.cluster
@@ -194,6 +194,65 @@ def test_faults_with_the_cohort_engine_are_refused_in_one_line_and_ray_takes_the
     # A hung shard's clients wait for the server transport.timeout_s at most: the peer deadline is shorter.
     with pytest.raises(ConfigError, match=r"quick\.yaml:faults\.peer_deadline_s: must be below transport\.timeout_s"):
         scenario(tmp_path, *RAY, "transport.timeout_s=20", "faults={policy: continue, peer_deadline_s: 30}")
+
+
+def _cut_off(client: str, from_round: int):
+    """The shard actors' body with every message to ``client`` lost from ``from_round`` on: a
+    client silent in a shard that is itself alive. Defined here, so Ray ships it by value."""
+    import p2pgan.run.ray as host
+
+    class CutOffHost(host.NodeHost):
+        async def deliver(self, parcels) -> None:
+            parcels = [parcels] if isinstance(parcels, Parcel) else list(parcels)
+            await super().deliver([p for p in parcels if not (p.dst == client and p.round >= from_round)])
+
+    return CutOffHost
+
+
+SILENT = ["training.rounds=3", "checkpoint.every=1", "transport.timeout_s=4",
+          "faults={policy: continue, peer_deadline_s: 1.5}", *RAY]
+
+
+def test_a_client_dropped_as_silent_in_a_live_shard_stops_alone(tmp_path, cluster, monkeypatch):
+    """c004 hears nothing from round 2 on: the server drops it at its deadline, c004 times out and
+    stops, and its shard goes on with c003 and c005; checkpoints complete, and a resume from
+    round 2 hosts c004 nowhere and ends as the uninterrupted run."""
+    import p2pgan.run.ray as host
+
+    monkeypatch.setattr(host, "NodeHost", _cut_off("c004", 2))
+    out = tmp_path / "run"
+    watch = Watch(out)
+    outcome = run_ray(scenario(out, *SILENT), [watch], grace_s=5)
+    assert outcome.status == "completed" and outcome.error is None, outcome.summary.get("detail")
+    summary = json.loads((out / "summary.json").read_text())
+    assert not any("lost" in actor for actor in summary["ray"]["actors"].values())
+    assert summary["ray"]["clients_gone"] == ["c004"]
+    (change,) = watch.of(ParticipationChanged)
+    assert (change.round, change.step, change.dropped) == (2, 0, ("c004",)), change
+    rounds = lines(out / "rounds.jsonl")
+    assert rounds[1]["participants"]["dropped_at_step"] == {"c004": 0}
+    assert [sorted(r["client_losses"]) for r in rounds[1:]] == [["c000", "c001", "c002", "c003", "c005"]] * 2
+    steps = lines(out / "steps.jsonl")
+    assert {r["node"] for r in steps if r["round"] == 3} == {"c000", "c001", "c002", "c003", "c005"}
+    assert not [r for r in steps if r["node"] == "c004" and r["round"] > 1]
+    assert any("node c004 stopped" in e.message for e in watch.of(LogEvent))
+    # Checkpoints complete without it: round 1 holds its state, round 2 none.
+    point = find_resume_point(out, 3)
+    assert point.round == 2
+    assert json.loads((out / "checkpoints" / "round-1" / "c004.json").read_text())["tensors"]
+    assert not json.loads((out / "checkpoints" / "round-2" / "c004.json").read_text())["tensors"]
+    assert our_actors() == []
+
+    monkeypatch.undo()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    rewind_results(resumed, point.round)
+    again = run_ray(scenario(resumed, *SILENT), resume=point)
+    assert again.status == "completed", again.summary.get("detail")
+    assert again.summary["ray"]["actors"]["shard-1"]["clients"] == ["c003", "c005"]
+    assert rounds_without_wall_clock(resumed) == rounds_without_wall_clock(out)
+    for name in ["steps.jsonl", "latency.json", *[str(p.relative_to(out)) for p in (out / "weights").iterdir()]]:
+        assert (resumed / name).read_bytes() == (out / name).read_bytes(), name
 
 
 # -- without actors -----------------------------------------------------------------------------

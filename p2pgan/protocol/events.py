@@ -112,6 +112,16 @@ class LogEvent:
 
 
 @dataclass(frozen=True)
+class NodeStopped:
+    """A client's node ended early and alone under ``faults.policy: continue``: the server dropped
+    it (dead or silent) and goes on without it. Published where the client ran, after every state
+    it produced (its checkpoints are on the bus before this)."""
+
+    node: str
+    problem: str
+
+
+@dataclass(frozen=True)
 class RunFinished:
     status: str  # "completed" | "interrupted" | "failed"
     wall_s: float

@@ -12,7 +12,7 @@ from p2pgan.errors import PeerError
 from p2pgan.ids import SERVER_ID
 from p2pgan.plan.nodedata import PreparedRun
 from p2pgan.protocol.endpoint import Transport
-from p2pgan.protocol.events import LogEvent
+from p2pgan.protocol.events import LogEvent, NodeStopped
 from p2pgan.strategies.base import Strategy
 from p2pgan.strategies.catalogue import strategy_for
 from transports.catalogue import create_transport
@@ -54,11 +54,13 @@ async def run_nodes(prepared: PreparedRun, transport: Transport, bus: EventBus,
                 failed = [t for t in done if t.exception() is not None]
                 if not failed:
                     continue
-                if all(_dropped_peer(prepared, t) for t in failed) and any(t.get_name() == SERVER_ID for t in pending):
+                if all(_dropped_peer(prepared, t) for t in failed) and _others_go_on(node_ids, pending):
                     # faults.policy continue: a client that lost the server's attention (it was
-                    # dropped as silent) ends alone; the server goes on without it.
+                    # dropped as dead or silent) ends alone; the server goes on without it, and
+                    # so do the other clients hosted here (a Ray shard's).
                     for task in failed:
                         bus.publish(LogEvent(f"node {task.get_name()} stopped: {task.exception()}", "warning"))
+                        bus.publish(NodeStopped(task.get_name(), str(task.exception())))
                     continue
                 error = failed[0].exception()
                 transport.fail_all(error)
@@ -73,6 +75,15 @@ async def run_nodes(prepared: PreparedRun, transport: Transport, bus: EventBus,
             raise
     finally:
         await transport.close()
+
+
+def _others_go_on(node_ids: Sequence[str], pending: set[asyncio.Task]) -> bool:
+    """Nodes still run here that can go on without a stopped client: the server, or (the server
+    runs elsewhere) other clients. The last local client stopping is this host's failure, which
+    the host above handles (a process or shard lost under ``policy: continue``)."""
+    if SERVER_ID in node_ids:
+        return any(t.get_name() == SERVER_ID for t in pending)
+    return bool(pending)
 
 
 def _dropped_peer(prepared: PreparedRun, task: asyncio.Task) -> bool:

@@ -59,8 +59,8 @@ from p2pgan.engine.participation import ParticipationView
 from p2pgan.engine.state import NodeState
 from p2pgan.errors import ClusterError, P2PGanError, PeerError
 from p2pgan.ids import SERVER_ID, natural_key
-from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, ParticipationChanged, RoundAggregated,
-                                    RunFinished)
+from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, NodeStopped, ParticipationChanged,
+                                    RoundAggregated, RunFinished)
 from p2pgan.report.write import write_report
 from p2pgan.run.checkpoint import Checkpointable, CheckpointMarkers, ResumePoint, RoundCheckpointer, RunSide
 from p2pgan.run.closer import RoundCloser
@@ -365,7 +365,7 @@ class NodeHost:
             self._meter.mark(event.round, event.step)
         # Clients' losses, round ends and log lines; the server's computes feed the wall clock.
         # Transfers and clients' computes stay here: latency is priced from the program.
-        if isinstance(event, (ClientLosses, RoundAggregated, LogEvent, ParticipationChanged)) or (
+        if isinstance(event, (ClientLosses, RoundAggregated, LogEvent, ParticipationChanged, NodeStopped)) or (
                 isinstance(event, ComputeEvent) and event.node == SERVER_ID):
             self._events.append(event)
             if self._wake is not None:
@@ -799,6 +799,12 @@ class RayDriver:
         elif isinstance(event, ParticipationChanged):
             self._view(event)
             self.bus.publish(event)
+            self._flush_steps()
+        elif isinstance(event, NodeStopped):
+            # A client the server dropped, in a shard that goes on: gone like a lost shard's
+            # clients. Its shard sent every state it had before this, so the rest are empty.
+            self._gone.add(event.node)
+            self._checkpoint_gone([event.node], self._aggregated)
             self._flush_steps()
         else:
             if isinstance(event, RoundAggregated):

@@ -175,7 +175,8 @@ async def test_the_receiver_refuses_a_message_from_outside_the_run():
 
 def test_bad_ray_values_are_one_line_file_key_errors():
     cases = {"ray.shards=0": "ray.shards", "ray.shards=7": "ray.shards", "ray.address=http://head:6379": "ray.address",
-             "ray.num_cpus_per_shard=-1": "ray.num_cpus_per_shard", "ray.colour=red": "ray.colour"}
+             "ray.num_cpus_per_shard=-1": "ray.num_cpus_per_shard", "ray.num_cpus_server=-2": "ray.num_cpus_server",
+             "ray.num_cpus_server=lots": "ray.num_cpus_server", "ray.colour=red": "ray.colour"}
     for override, key in cases.items():
         with pytest.raises(ConfigError) as caught:
             load_scenario(QUICK, ["execution.engine=ray", override])
@@ -214,9 +215,12 @@ def test_an_unreachable_cluster_fails_in_one_line_with_exit_3(tmp_path):
 def test_local_starts_a_private_ray_and_shuts_it_down(tmp_path):
     assert not ray.is_initialized()
     outcome = run_ray(scenario(tmp_path / "run", "execution.engine=ray", "ray.address=local", "training.rounds=1",
-                               "domains={mnist: 1, fashion-mnist: 1}"))  # what is tested is Ray's start and end
+                               "domains={mnist: 1, fashion-mnist: 1}", "ray.num_cpus_server=2"))
     assert outcome.status == "completed", outcome.summary.get("detail")
     assert outcome.summary["ray"]["address"] == "local"
+    # The private Ray is sized for the server's 2 CPUs and the shard's 1; the server runs 2 threads.
+    actors = outcome.summary["ray"]["actors"]
+    assert (actors["server"]["threads"], actors["shard-0"]["threads"]) == (2, 1)
     assert not ray.is_initialized()
 
 

@@ -54,7 +54,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "scenarios" / "quick.yaml"
-CONFIGS = ("memory", "ray-1", "ray-2", "ray-4")
+CONFIGS = ("memory", "ray-1", "ray-2", "ray-4", "ray-2-server2")
+"""``ray-S``: S shards and a server of one CPU each; ``ray-S-serverN``: the server actor with N CPUs
+(``ray.num_cpus_server``: N torch threads for its batched blocks)."""
 TARGET_RATIO = 1.3
 """Ray with 2 shards against one process, s/iteration, on 2 cores (issue 10)."""
 SAMPLE_S = 0.25
@@ -147,9 +149,9 @@ def bench_scenario(config: str, clients: int, batches: int, out: Path):
                  "training.max_batches_per_epoch=1", "metrics.enabled=false", "checkpoint.enabled=false",
                  f"output.dir={out}"]
     if config != "memory":
-        shards = int(config.split("-")[1])
+        _, shards, *server = config.split("-")
         overrides += ["execution.engine=ray", "ray.address=local", f"ray.shards={shards}",
-                      "ray.num_cpus_per_shard=1"]
+                      "ray.num_cpus_per_shard=1", f"ray.num_cpus_server={server[0].removeprefix('server') if server else 1}"]
     return load_scenario(QUICK, overrides)
 
 
@@ -294,7 +296,7 @@ def check_shards(rows: list[dict]) -> list[str]:
 
 def projection(rows: list[dict]) -> list[str]:
     """A 1,000-client run on a cluster, from the Ray runs' per-actor costs (one core per actor)."""
-    ray_rows = [r for r in rows if r["status"] == "completed" and r["config"] != "memory"]
+    ray_rows = [r for r in rows if r["status"] == "completed" and r["config"] != "memory" and "server" not in r["config"]]
     if not ray_rows:
         return ["  no Ray run completed: nothing to project from"]
     shard_mem, shard_cpu, shard_base = [], [], []
@@ -404,12 +406,12 @@ def main() -> None:
         print(line)
     print(f"\nRay with 2 shards against one process (target <= {TARGET_RATIO}x s/iteration):")
     for row in rows:
-        if row["config"] == "ray-2" and row["status"] == "completed" and memory_s.get(row["clients"]):
+        if row["config"].startswith("ray-2") and row["status"] == "completed" and memory_s.get(row["clients"]):
             ratio = row["s_per_iteration"] / memory_s[row["clients"]]
             memory_row = next(r for r in rows if r["config"] == "memory" and r["clients"] == row["clients"])
             cpu = sum(a["meter"]["cpu_s_per_iteration"] or 0 for a in row["actors"].values())
             cpu_memory = memory_row["actors"]["process"]["meter"]["cpu_s_per_iteration"] or float("nan")
-            print(f"  {row['clients']:>4} clients: {ratio:.2f}x wall ({'met' if ratio <= TARGET_RATIO else 'NOT met'}); "
+            print(f"  {row['clients']:>4} clients {row['config']}: {ratio:.2f}x wall ({'met' if ratio <= TARGET_RATIO else 'NOT met'}); "
                   f"CPU seconds of all actors {cpu / cpu_memory:.2f}x the one process's")
     print(f"\nlargest client count per configuration within {args.budget_gb:g} GB (total peak, extrapolated "
           f"linearly from the measured counts, not allocated):")

@@ -165,6 +165,13 @@ class RaySpec:
     """Actors hosting the clients (each about clients/shards of them); at most one per client."""
     num_cpus_per_shard: float = Field(default=1.0, ge=0, le=1024, strict=True)
     num_gpus_per_shard: float = Field(default=0.0, ge=0, le=64, strict=True)
+    num_cpus_server: Optional[float] = Field(default=None, ge=0, le=1024, strict=True)
+    """CPUs of the server actor, which runs the server's blocks over every client's batch (its
+    torch threads: ``max(1, int(n))``); unset: ``num_cpus_per_shard``."""
+
+    @property
+    def server_cpus(self) -> float:
+        return self.num_cpus_per_shard if self.num_cpus_server is None else self.num_cpus_server
 
     @field_validator("address")
     @classmethod

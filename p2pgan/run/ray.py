@@ -163,11 +163,12 @@ class RayConnection:
 
     def check_resources(self, cpus: float, gpus: float) -> None:
         total = ray.cluster_resources()
-        for kind, needed in (("CPU", cpus), ("GPU", gpus)):
+        for kind, needed, how in (("CPU", cpus, "num_cpus_server + shards x num_cpus_per_shard"),
+                                  ("GPU", gpus, "server + shards x num_gpus_per_shard")):
             have = float(total.get(kind, 0.0))
             if needed > have + 1e-9:
-                raise ClusterError(f"ray: the run needs {needed:g} {kind}s (server + shards x "
-                                   f"num_{kind.lower()}s_per_shard) but the cluster at {self.address} has {have:g}")
+                raise ClusterError(f"ray: the run needs {needed:g} {kind}s ({how}) but the cluster at "
+                                   f"{self.address} has {have:g}")
 
     def close(self) -> None:
         if self.owned and ray.is_initialized():
@@ -296,7 +297,7 @@ class NodeHost:
             self._resume_states = {node: NodeState(node, from_arrays(resume.states[node])) for node in self.node_ids}
         clear_cache()  # the domains were loaded whole; keep only this shard's clients' examples
         context = ray.get_runtime_context()
-        return {"node": context.get_node_id(), "pid": os.getpid(), "examples":
+        return {"node": context.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(), "examples":
                 sum(len(d.labels) for d in self._prepared.client_data.values())}
 
     async def connect(self, routes: Mapping[str, Any], names: Mapping[str, str]) -> None:
@@ -516,8 +517,7 @@ class RayDriver:
             _Actor(f"shard-{i}", [c for c in ids if c not in self._gone]) for i, ids in enumerate(shards)
             if any(c not in self._gone for c in ids)]
         self._names = {a.name: f"{token}-{a.name}" for a in self.actors}
-        self._ray = RayConnection(address or ray_address(self.scenario),
-                                  spec.num_cpus_per_shard * len(self.actors), startup_timeout_s)
+        self._ray = RayConnection(address or ray_address(self.scenario), self._cpus_needed(), startup_timeout_s)
         self._observers = list(observers)
         self._startup_timeout_s = startup_timeout_s
         self._grace_s = grace_s
@@ -610,8 +610,7 @@ class RayDriver:
         try:
             self._ray.connect()
             spec = self.scenario.ray
-            self._ray.check_resources(spec.num_cpus_per_shard * len(self.actors),
-                                      spec.num_gpus_per_shard * len(self.actors))
+            self._ray.check_resources(self._cpus_needed(), spec.num_gpus_per_shard * len(self.actors))
             await self._start_actors()
             if self._failure is None:
                 self.bus.publish(LogEvent("ray: " + ", ".join(
@@ -635,12 +634,12 @@ class RayDriver:
         raw, source = scenario_snapshot(self.scenario)
         costs = self.prepared.setup.costs
         remote = ray.remote(NodeHost)
-        threads = max(1, int(spec.num_cpus_per_shard))
         for actor in self.actors:
-            actor.handle = remote.options(name=self._names[actor.name], num_cpus=spec.num_cpus_per_shard,
+            cpus = spec.server_cpus if actor.name == "server" else spec.num_cpus_per_shard
+            actor.handle = remote.options(name=self._names[actor.name], num_cpus=cpus,
                                           num_gpus=spec.num_gpus_per_shard, scheduling_strategy="SPREAD",
                                           max_restarts=0, max_concurrency=1000).remote(
-                actor.name, actor.node_ids, threads)
+                actor.name, actor.node_ids, max(1, int(cpus)))
         resumes = {a.name: self._resume_states(a) for a in self.actors} if self.resume is not None else {}
         await self._each("prepare", lambda a: a.handle.prepare.remote(raw, source, costs, resumes.get(a.name)),
                          self._startup_timeout_s, "was not placed and prepared")
@@ -654,6 +653,10 @@ class RayDriver:
             gone = (self._unknown_to_server, "gone before the resume (no state in the checkpoint)")
             await self._each("start", lambda a: a.handle.start.remote(*(gone if a.name == "server" else ())),
                              self._startup_timeout_s, "did not start")
+
+    def _cpus_needed(self) -> float:
+        spec = self.scenario.ray
+        return spec.server_cpus + spec.num_cpus_per_shard * (len(self.actors) - 1)
 
     def _resume_states(self, actor: _Actor):
         """The actor's nodes' saved states, read here and put in the object store for it."""

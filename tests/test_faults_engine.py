@@ -10,26 +10,31 @@ completes without it, and a resume from a checkpoint keeps it dropped (no second
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from p2pgan.bus import EventBus
 from p2pgan.config import load_scenario
 from p2pgan.engine.participation import Participation, ParticipationView
 from p2pgan.engine.state import NodeState
+from p2pgan.errors import PeerError
 from p2pgan.ids import SERVER_ID
 from p2pgan.plan.faults import FaultPlan
-from p2pgan.protocol.events import LogEvent, ParticipationChanged, RoundAggregated
+from p2pgan.protocol.events import LogEvent, NodeStopped, ParticipationChanged, RoundAggregated
 from p2pgan.protocol.federation import FederationResult
 from p2pgan.protocol.messages import MessageKind
 from p2pgan.protocol.params import flatten_blocks
 from p2pgan.model.costs import profile_model
 from p2pgan.run.checkpoint import CheckpointMarkers, ResumePoint, read_node_state, rewind_results
+from p2pgan.run.nodes import run_nodes
 from p2pgan.run.prepare import prepare_run
 from p2pgan.run.session import run_scenario
 from transports.memory import MemoryTransport
@@ -291,3 +296,47 @@ def test_dropped_peers_and_clusters_survive_a_checkpoint_and_are_published_again
     assert again.state()["faults/members"].equal(state.tensors["faults/members"])
     # Without faults nothing is added to a checkpoint.
     assert Participation(FaultPlan.none(["c0"], 1, 1)).state() == {}
+
+
+class _ScriptedClient:
+    """A client node that ends after ``delay_s``, failing as dropped by the server when ``dropped``."""
+
+    def __init__(self, node_id: str, delay_s: float, dropped: bool) -> None:
+        self.node_id, self._delay_s, self._dropped = node_id, delay_s, dropped
+
+    async def run(self, first_round: int, checkpoint) -> None:
+        await asyncio.sleep(self._delay_s)
+        if self._dropped:
+            raise PeerError(SERVER_ID, f"no activation message for {self.node_id} within 1 s")
+
+
+class _Scripted:
+    """The strategy as run_nodes uses it: node id -> (delay, dropped)."""
+
+    def __init__(self, script: dict[str, tuple[float, bool]]) -> None:
+        self._script = script
+
+    def create_node(self, prepared, node_id, endpoint, bus):
+        return _ScriptedClient(node_id, *self._script[node_id])
+
+
+def _clients_host(script: dict[str, tuple[float, bool]]) -> list[object]:
+    """run_nodes hosting only clients (a Ray shard, a client process) under policy continue."""
+    events: list[object] = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    prepared = SimpleNamespace(faults=SimpleNamespace(policy="continue"), scenario=None)
+    asyncio.run(run_nodes(prepared, MemoryTransport(), bus, list(script), strategy=_Scripted(script)))
+    return events
+
+
+def test_a_client_host_goes_on_when_a_dropped_client_stops_after_the_others_finished():
+    # c1 times out only after c0 and c2 have finished training: the host still completes.
+    events = _clients_host({"c0": (0.0, False), "c1": (0.05, True), "c2": (0.0, False)})
+    assert [e.node for e in events if isinstance(e, NodeStopped)] == ["c1"]
+    # And while the others still run.
+    events = _clients_host({"c0": (0.1, False), "c1": (0.0, True)})
+    assert [e.node for e in events if isinstance(e, NodeStopped)] == ["c1"]
+    # Every client stopped is the host's failure, for the host above to handle.
+    with pytest.raises(PeerError, match="c1 within"):
+        _clients_host({"c0": (0.0, True), "c1": (0.05, True)})

@@ -48,16 +48,17 @@ async def run_nodes(prepared: PreparedRun, transport: Transport, bus: EventBus,
                 node.load_state_dict(states[node.node_id])
         tasks = [asyncio.create_task(node.run(first_round, checkpoint), name=node.node_id) for node in nodes]
         try:
-            pending = set(tasks)
+            pending, stopped = set(tasks), set()
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
                 failed = [t for t in done if t.exception() is not None]
                 if not failed:
                     continue
-                if all(_dropped_peer(prepared, t) for t in failed) and _others_go_on(node_ids, pending):
+                if all(_dropped_peer(prepared, t) for t in failed) and _others_go_on(node_ids, tasks, stopped | set(failed)):
                     # faults.policy continue: a client that lost the server's attention (it was
                     # dropped as dead or silent) ends alone; the server goes on without it, and
                     # so do the other clients hosted here (a Ray shard's).
+                    stopped.update(failed)
                     for task in failed:
                         bus.publish(LogEvent(f"node {task.get_name()} stopped: {task.exception()}", "warning"))
                         bus.publish(NodeStopped(task.get_name(), str(task.exception())))
@@ -77,13 +78,15 @@ async def run_nodes(prepared: PreparedRun, transport: Transport, bus: EventBus,
         await transport.close()
 
 
-def _others_go_on(node_ids: Sequence[str], pending: set[asyncio.Task]) -> bool:
-    """Nodes still run here that can go on without a stopped client: the server, or (the server
-    runs elsewhere) other clients. The last local client stopping is this host's failure, which
-    the host above handles (a process or shard lost under ``policy: continue``)."""
+def _others_go_on(node_ids: Sequence[str], tasks: Sequence[asyncio.Task], stopped: set[asyncio.Task]) -> bool:
+    """Nodes here that can do without the ``stopped`` clients: the server still running, or (the
+    server runs elsewhere) another client that has not stopped, whether still running or already
+    done with its training (it may finish before a silent client's timeout). Every local client
+    stopped is this host's failure, which the host above handles (a process or shard lost under
+    ``policy: continue``)."""
     if SERVER_ID in node_ids:
-        return any(t.get_name() == SERVER_ID for t in pending)
-    return bool(pending)
+        return any(t.get_name() == SERVER_ID and not t.done() for t in tasks)
+    return any(t not in stopped for t in tasks)
 
 
 def _dropped_peer(prepared: PreparedRun, task: asyncio.Task) -> bool:

@@ -10,7 +10,7 @@ import torch
 from p2pgan.bus import EventBus
 from p2pgan.errors import P2PGanError
 from p2pgan.engine.loops import RoundCheckpoint, run_client
-from p2pgan.engine.federate import load_aggregate
+from p2pgan.engine.federate import load_aggregate, send_params
 from p2pgan.engine.gradients import GradientUse, waiting_forwards
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, generator_state, load_blocks,
@@ -26,8 +26,7 @@ from p2pgan.plan.run import ClientPlan, Schedule
 from p2pgan.plan.setup import NodeSetup, node_seed
 from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.protocol.events import ClientLosses
-from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
-from p2pgan.protocol.params import flatten_blocks, float_state
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Phase
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
@@ -189,10 +188,7 @@ class ClientNode:
     async def federate(self, round_: int, losses: dict[str, float]) -> None:
         """Send this client's blocks up, load its cluster's average back."""
         self._port.at(round_, ROUND_LEVEL_STEP)
-        states = {name: float_state(block) for name, block in self.blocks.items()}
-        meta: dict[str, str | int | float] = {"num_examples": len(self._data), **losses}
-        await self._port.send(self._port.message(MessageKind.PARAMS, SERVER_ID, Phase.FEDERATE,
-                                                 flatten_blocks(states), meta))
+        await send_params(self._port, self.blocks, len(self._data), losses)
         await load_aggregate(self._port, self.blocks)
 
     async def rejoin(self, round_: int) -> None:

@@ -38,84 +38,30 @@ the results folder are written as for a node run.
 
 from __future__ import annotations
 
-import asyncio
-import copy
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from p2pgan.bus import EventBus
-from p2pgan.engine.client import BatchSampler, ClientIteration, Pass
-from p2pgan.engine.loops import RoundCheckpoint, RoundLosses
-from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, copy as state_copy, generator_state,
-                                 load_blocks, load_generator)
-from p2pgan.engine.cohort_port import CohortPort
+from p2pgan.engine.cohort_clients import ClientCohort, CohortClient, CohortIteration, on_host
+from p2pgan.engine.state import NodeState, blocks_state, copy as state_copy, load_blocks
 from p2pgan.engine.cohort_state import load_optimizer_share, optimizer_share
-from p2pgan.engine.gradients import GradientUse, waiting_forwards
 from p2pgan.engine.execution import KernelPolicy, place_blocks
-from p2pgan.engine.workers import ClientThreads
-from p2pgan.errors import P2PGanError
 from p2pgan.ids import SERVER_ID
-from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, Block, NetworkDef, build_initial_blocks
+from p2pgan.model.blocks import DISCRIMINATOR, NETWORKS, NetworkDef, build_initial_blocks
 from p2pgan.model.recompute import ReleasableOutputs
-from p2pgan.model.segments import NetworkSplit, Segment
 from p2pgan.plan.nodedata import LocalData
 from p2pgan.plan.program import BWD, FWD, Exchange, Local, LocalAction, Program, RoundTrip, network_split
-from p2pgan.plan.run import ClientPlan, RunPlan, feature_block
-from p2pgan.plan.setup import NodeSetup, node_seed
-from p2pgan.protocol.events import ClientLosses, NodeStateEvent, RoundAggregated
+from p2pgan.plan.run import RunPlan, feature_block
+from p2pgan.plan.setup import NodeSetup
+from p2pgan.protocol.events import ClientLosses, RoundAggregated
 from p2pgan.protocol.federation import Aggregator, BlockState, ClientUpdate, FederationInput, FederationResult
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.protocol.params import float_state
 from p2pgan.engine.batching import keep_features, run_middle
-from p2pgan.engine.locals import apply_optimizer_action, compute_loss
-
-LOSS_NAMES = ("d_real", "d_fake", "d_loss", "g_loss")
-
-
-@dataclass
-class _ClientIteration(ClientIteration):
-    """What one iteration holds for one client while it runs (the node's, plus the tensors that
-    would be in flight between it and the server)."""
-
-    uploads: dict[Phase, tuple[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
-    """What the client sent the server in this iteration: message id and tensors, per phase."""
-    downloads: dict[Phase, tuple[str, dict[str, torch.Tensor]]] = field(default_factory=dict)
-
-    @property
-    def batch(self) -> int:
-        return int(self.labels.shape[0])
-
-
-class _Client:
-    """One client's own state: plan, data, blocks, random stream, sampler."""
-
-    def __init__(self, plan: ClientPlan, data: LocalData, blocks: dict[str, Block], setup: NodeSetup,
-                 batch_size: int, device: torch.device) -> None:
-        self.id = plan.client_id
-        self.plan = plan
-        self.num_examples = len(data)
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
-        self.blocks = blocks
-        self.generator = torch.Generator().manual_seed(node_seed(setup.seed, self.id))
-        self.sampler = BatchSampler(len(data), batch_size, self.generator)
-        self._segments: dict[tuple[str, ...], Segment] = {}
-
-    def params(self, network: NetworkDef) -> list[torch.nn.Parameter]:
-        """The parameters its own optimizer for ``network`` would hold, in that optimizer's order."""
-        return [p for n in network_split(self.plan.split, network).client_blocks for p in self.blocks[n].parameters()]
-
-    def split(self, trip: RoundTrip) -> NetworkSplit:
-        return network_split(self.plan.split, trip.network)
-
-    def segment(self, names: tuple[str, ...]) -> Segment:
-        segment = self._segments.get(names)
-        if segment is None:
-            segment = self._segments[names] = Segment({n: self.blocks[n] for n in names})
-        return segment
-
+from p2pgan.engine.locals import compute_loss
 
 @dataclass
 class _ServerGraph:
@@ -134,9 +80,9 @@ class _Group:
     client that never does is a group of its own.
     """
 
-    clients: tuple[_Client, ...]
+    clients: tuple[CohortClient, ...]
     optimizers: dict[str, torch.optim.Optimizer | None]
-    through: dict[str, tuple[_Client, ...]]
+    through: dict[str, tuple[CohortClient, ...]]
     """Per network, the group's clients that pass through the server."""
 
 
@@ -186,35 +132,17 @@ def paired_passes(program: Program, discarded: frozenset[str]) -> dict[int, _Pai
     return found
 
 
-def check_program(program: Program) -> None:
-    """The cohort engine executes client-first programs (Exchange and Local steps) only."""
-    for step in program.iteration:
-        if not isinstance(step, (Exchange, Local)):
-            raise P2PGanError(f"execution.engine: the cohort engine cannot run program {program.name!r} "
-                              f"({type(step).__name__} steps; expected engine: nodes)")
-
-
-class CohortEngine:
+class CohortEngine(ClientCohort):
     """Every client and the server of a split run, executed together in this process."""
 
-    def __init__(self, setup: NodeSetup, plan: RunPlan, client_data: dict[str, LocalData], aggregator: Aggregator,
+    def __init__(self, setup: NodeSetup, plan: RunPlan, client_data: Mapping[str, LocalData], aggregator: Aggregator,
                  num_domains: int, program: Program, bus: EventBus, policy: KernelPolicy | None = None) -> None:
-        check_program(program)
-        self._setup = setup
+        template = build_initial_blocks(setup.model, setup.seed)
+        super().__init__(setup, plan.schedule, plan.clients, client_data, template, program, bus,
+                         policy or KernelPolicy())
         self._plan = plan
         self._aggregator = aggregator
         self._num_domains = num_domains
-        self._program = program
-        self._bus = bus
-        self.policy = policy or KernelPolicy()
-        device = self.policy.device
-        template = build_initial_blocks(setup.model, setup.seed)
-        self.clients: list[_Client] = []
-        for client_plan in plan.clients:
-            blocks = {name: copy.deepcopy(template[name]) for name in client_plan.split.client_blocks}
-            place_blocks(blocks, self.policy)
-            self.clients.append(_Client(client_plan, client_data[client_plan.client_id], blocks, setup,
-                                        plan.schedule.batch_size, device))
         self.server_blocks = {name: template[name] for name in plan.server_blocks()}
         place_blocks(self.server_blocks, self.policy)
         meeting = tuple(c for c in self.clients if c.plan.split.server_blocks)
@@ -223,32 +151,19 @@ class CohortEngine:
         self._group_of = {c.id: group for group in self._groups for c in group.clients}
         # Without a client that meets it the server holds no block, hence no optimizer.
         self._server_optimizers = self._groups[0].optimizers if meeting else {net.name: None for net in NETWORKS}
-        self._gradients = GradientUse(program)
         self._paired = paired_passes(program, self._gradients.discarded)
-        self._waiting = waiting_forwards(program)
         self._feature_block = feature_block(DISCRIMINATOR)
         self._features: dict[str, torch.Tensor] = {}
-        self._port = CohortPort(bus, setup.costs)
-        self._threads = ClientThreads(self.policy.client_threads, self._port)
 
     def _server_params(self, network: NetworkDef) -> list[torch.nn.Parameter]:
         return [p for n, b in self.server_blocks.items() if n in network.block_names for p in b.parameters()]
 
-    def _group(self, clients: tuple[_Client, ...], with_server: bool) -> _Group:
-        return _Group(clients, {net.name: self._optimizer(clients, net, with_server) for net in NETWORKS},
+    def _group(self, clients: tuple[CohortClient, ...], with_server: bool) -> _Group:
+        return _Group(clients, {net.name: self._optimizer([p for c in clients for p in c.params(net)]
+                                                          + (self._server_params(net) if with_server else []))
+                                for net in NETWORKS},
                       {net.name: tuple(c for c in clients if network_split(c.plan.split, net).server)
                        for net in NETWORKS})
-
-    def _optimizer(self, clients: tuple[_Client, ...], network: NetworkDef,
-                   with_server: bool) -> torch.optim.Optimizer | None:
-        params = [p for c in clients for p in c.params(network)]
-        optimizer = self._setup.adam(params + (self._server_params(network) if with_server else []))
-        if optimizer is not None:
-            # One multi-tensor update over the group; per element the same arithmetic.
-            for group in optimizer.param_groups:
-                group["foreach"] = True
-            allocate_adam_state(optimizer)
-        return optimizer
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         """Every optimizer the engine steps (one per network and group)."""
@@ -256,29 +171,15 @@ class CohortEngine:
 
     # -- the schedule ---------------------------------------------------------------------------
 
-    async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
-        """Every round of the schedule from ``first_round``; after each round's federation every
-        node's state goes to ``checkpoint``, as the node loops hand theirs. Yields to the event
-        loop between iterations, so the round closer's records are published while training goes on."""
-        schedule = self._plan.schedule
-        for round_ in range(first_round, schedule.rounds + 1):
-            round_losses = {c.id: RoundLosses() for c in self.clients}
-            for step in range(schedule.steps_per_round):
-                for losses in self.iteration(round_, step):
-                    round_losses[losses.node].add(losses)
-                    self._bus.publish(losses)
-                await asyncio.sleep(0)
-            self.federate(round_, {cid: losses.means() for cid, losses in round_losses.items()})
-            if checkpoint is not None:
-                for state in self.state_dicts().values():
-                    checkpoint(round_, state)
-            await asyncio.sleep(0)
-        for node in (*(c.id for c in self.clients), SERVER_ID):
-            self._bus.publish(NodeStateEvent(node, "done"))
+    @property
+    def node_ids(self) -> list[str]:
+        return [*super().node_ids, SERVER_ID]
 
-    def close(self) -> None:
-        """Stop the client threads (:class:`~p2pgan.engine.workers.ClientThreads`)."""
-        self._threads.close()
+    async def _iterate(self, round_: int, step: int) -> list[ClientLosses]:
+        return self.iteration(round_, step)
+
+    async def _federate(self, round_: int, losses: dict[str, dict[str, float]]) -> None:
+        self.federate(round_, losses)
 
     def iteration(self, round_: int, step: int) -> list[ClientLosses]:
         self._port.at(round_, step)
@@ -309,10 +210,9 @@ class CohortEngine:
                     releasable.release(keep=[it.tensors[t.result] for it in its.values() for t in action.trips])
             elif isinstance(action, Local):
                 self._local(action, its, group.optimizers)
-        return {cid: [(it.terms[name] if name in ("d_real", "d_fake") else it.losses[name]).detach()
-                      for name in LOSS_NAMES] for cid, it in its.items()}
+        return self._loss_values(its)
 
-    def _exchange(self, action: Exchange, group: _Group, its: dict[str, _ClientIteration],
+    def _exchange(self, action: Exchange, group: _Group, its: dict[str, CohortIteration],
                   graphs: dict[Phase, _ServerGraph]) -> None:
         each = self._threads.each
         for trip in action.trips:
@@ -326,7 +226,7 @@ class CohortEngine:
         for trip in action.trips:
             each(group.clients, lambda client: self._client_down(client, trip, its[client.id]))
 
-    def _paired_passes(self, group: _Group, paired: _Paired, its: dict[str, _ClientIteration]) -> None:
+    def _paired_passes(self, group: _Group, paired: _Paired, its: dict[str, CohortIteration]) -> None:
         """``paired`` one forward at a time (see :class:`_Paired`)."""
         back, network = paired.backward, paired.backward.network
         through = group.through[network.name]
@@ -345,7 +245,7 @@ class CohortEngine:
                 self._port.position = (2, k)
                 term = Local(LocalAction.LOSS, name=trip.result, terms=((trip.result, dict(paired.loss.terms)[trip.result]),))
 
-                def down_and_back(client: _Client) -> None:  # the tail, this trip's term, its backward
+                def down_and_back(client: CohortClient) -> None:  # the tail, this trip's term, its backward
                     it = its[client.id]
                     self._client_down(client, trip, it)
                     torch.autograd.backward(compute_loss(term, it.tensors, it.terms), inputs=self._wanted(client, it))
@@ -374,7 +274,7 @@ class CohortEngine:
             it.losses[paired.loss.name] = total
         self._report_backward(group, back, its, [served[phase] for _, phase in back.grad_of], up_bytes, down_bytes)
 
-    def _report_backward(self, group: _Group, back: RoundTrip, its: dict[str, _ClientIteration],
+    def _report_backward(self, group: _Group, back: RoundTrip, its: dict[str, CohortIteration],
                          served: list[tuple[dict[str, int], int]], up_bytes: dict[str, int],
                          down_bytes: dict[str, int]) -> None:
         """What ``back`` run as one trip reports: every client's first backward and upload, the
@@ -451,15 +351,9 @@ class CohortEngine:
         for net in NETWORKS:
             server.update(optimizer_share(net.name, self._server_optimizers[net.name], self._server_params(net)))
         server.update({f"features/{cid}": state_copy(t) for cid, t in self._features.items()})
-        states = {SERVER_ID: _on_host(NodeState(SERVER_ID, server))}
+        states = {SERVER_ID: on_host(NodeState(SERVER_ID, server))}
         for client in self.clients:
-            tensors = {**blocks_state(client.blocks)}
-            optimizers = self._group_of[client.id].optimizers
-            for net in NETWORKS:
-                tensors.update(optimizer_share(net.name, optimizers[net.name], client.params(net)))
-            tensors.update(generator_state("node", client.generator))
-            tensors.update(client.sampler.state())
-            states[client.id] = _on_host(NodeState(client.id, tensors))
+            states[client.id] = self.client_state(client, self._group_of[client.id].optimizers)
         return states
 
     def load_state_dicts(self, states: dict[str, NodeState]) -> None:
@@ -471,77 +365,12 @@ class CohortEngine:
         device = self.policy.device
         self._features = {cid: t.to(device).clone() for cid, t in server.under("features").items()}
         for client in self.clients:
-            state = states[client.id]
-            load_blocks(state, client.blocks)
-            optimizers = self._group_of[client.id].optimizers
-            for net in NETWORKS:
-                load_optimizer_share(state, net.name, optimizers[net.name], client.params(net))
-            load_generator(state, "node", client.generator)
-            client.sampler.load_state(state)
-
-    # -- a client's steps -----------------------------------------------------------------------
-
-    def _draw(self, client: _Client) -> _ClientIteration:
-        """The client's batch and noise, drawn from its own stream in the node's order."""
-        idx = client.sampler.next_indices()
-        device = client.images.device
-        if device.type != "cpu":
-            idx = idx.to(device)
-        real, labels = client.images[idx], client.labels[idx]
-        z = torch.randn(labels.shape[0], self._setup.model.z_dim, generator=client.generator)
-        return _ClientIteration(labels, {"noise": z.to(device), "real": real})
-
-    def _client_up(self, client: _Client, trip: RoundTrip, it: _ClientIteration) -> None:
-        split = client.split(trip)
-        if trip.direction == FWD:
-            head_out = self._run(client, split.head, trip.phase, it.source(trip.source), it.labels)
-            it.passes[trip.phase] = Pass(head_out, head_out)
-            if split.server:
-                self._upload(client, trip, it, {"act": head_out.detach()})
-            return
-        if trip.source is not None:
-            torch.autograd.backward(it.losses[trip.source], inputs=self._wanted(client, it))
-        self._computed(client.id, trip.before.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.batch)
-        if split.server:
-            self._upload(client, trip, it, {name: it.passes[phase].tail_in.grad for name, phase in trip.grad_of})
-
-    def _client_down(self, client: _Client, trip: RoundTrip, it: _ClientIteration) -> None:
-        split = client.split(trip)
-        if trip.direction == FWD:
-            done = it.passes[trip.phase]
-            if split.server:
-                done.tail_in = self._download(client, trip, it)["act"].requires_grad_(True)
-            it.tensors[trip.result] = self._run(client, split.tail, trip.phase, done.tail_in, it.labels)
-            return
-        if split.server:
-            grads = self._download(client, trip, it)
-            torch.autograd.backward([it.passes[phase].head_out for _, phase in trip.grad_of],
-                                    [grads[name] for name, _ in trip.grad_of], inputs=self._wanted(client, it))
-            self._computed(client.id, trip.after.blocks(split, trip.network), trip.phase, BWD, trip.samples * it.batch)
-        it.forget_graphs(trip, self._program)
-
-    def _local(self, action: Local, its: dict[str, _ClientIteration],
-               optimizers: dict[str, torch.optim.Optimizer | None]) -> None:
-        if action.action is LocalAction.LOSS:
-            for it in its.values():
-                it.losses[action.name] = compute_loss(action, it.tensors, it.terms)
-            return
-        apply_optimizer_action(action, optimizers)
-        self._gradients.after(action, optimizers)
-
-    def _losses(self, round_: int, step: int, by_client: dict[str, list[torch.Tensor]]) -> list[ClientLosses]:
-        # One device-to-host copy for the whole cohort (a ``.item()`` each would sync per value).
-        values = torch.stack([v for c in self.clients for v in by_client[c.id]]).tolist()
-        out = []
-        for i, client in enumerate(self.clients):
-            d_real, d_fake, d_loss, g_loss = values[4 * i:4 * i + 4]
-            out.append(ClientLosses(client.id, round_, step, d_real, d_fake, d_loss, g_loss))
-        return out
+            self.load_client_state(client, states[client.id], self._group_of[client.id].optimizers)
 
     # -- the server's steps ---------------------------------------------------------------------
 
-    def _server_forward(self, trip: RoundTrip, clients: tuple[_Client, ...],
-                        its: dict[str, _ClientIteration]) -> _ServerGraph:
+    def _server_forward(self, trip: RoundTrip, clients: tuple[CohortClient, ...],
+                        its: dict[str, CohortIteration]) -> _ServerGraph:
         net, phase = trip.network, trip.phase
         graph = _ServerGraph()
         if not clients:
@@ -561,8 +390,8 @@ class CohortEngine:
             self._send_down(client, trip, its[client.id], {"act": flowing[client.id].detach()})
         return graph
 
-    def _server_backward(self, trip: RoundTrip, clients: tuple[_Client, ...], graphs: dict[str, _ServerGraph],
-                         its: dict[str, _ClientIteration]) -> None:
+    def _server_backward(self, trip: RoundTrip, clients: tuple[CohortClient, ...], graphs: dict[str, _ServerGraph],
+                         its: dict[str, CohortIteration]) -> None:
         if not clients:
             return
         outputs, grads = [], []
@@ -586,42 +415,25 @@ class CohortEngine:
 
     # -- message boundaries: a graph cut and the events a transfer publishes ---------------------
 
-    def _upload(self, client: _Client, trip: RoundTrip, it: _ClientIteration, tensors: dict[str, torch.Tensor]) -> None:
+    def _upload(self, client: CohortClient, trip: RoundTrip, it: CohortIteration, tensors: dict[str, torch.Tensor]) -> None:
         msg_id = self._port.sent(trip.kind, client.id, SERVER_ID, trip.phase, tensors.values())
         it.uploads[trip.phase] = (msg_id, tensors)
 
-    def _receive_upload(self, client: _Client, trip: RoundTrip, it: _ClientIteration) -> dict[str, torch.Tensor]:
+    def _receive_upload(self, client: CohortClient, trip: RoundTrip, it: CohortIteration) -> dict[str, torch.Tensor]:
         msg_id, tensors = it.uploads.pop(trip.phase)
         self._port.received(SERVER_ID, msg_id)
         return {name: t.detach() for name, t in tensors.items()}
 
-    def _send_down(self, client: _Client, trip: RoundTrip, it: _ClientIteration, tensors: dict[str, torch.Tensor]) -> None:
+    def _send_down(self, client: CohortClient, trip: RoundTrip, it: CohortIteration, tensors: dict[str, torch.Tensor]) -> None:
         msg_id = self._port.sent(trip.kind, SERVER_ID, client.id, trip.phase, tensors.values())
         it.downloads[trip.phase] = (msg_id, tensors)
 
-    def _download(self, client: _Client, trip: RoundTrip, it: _ClientIteration) -> dict[str, torch.Tensor]:
+    def _download(self, client: CohortClient, trip: RoundTrip, it: CohortIteration) -> dict[str, torch.Tensor]:
         msg_id, tensors = it.downloads.pop(trip.phase)
         self._port.received(client.id, msg_id)
         return {name: t.detach() for name, t in tensors.items()}
 
     # -- helpers --------------------------------------------------------------------------------
-
-    def _wanted(self, client: _Client, it: _ClientIteration) -> list[torch.Tensor]:
-        """What a client's backward must reach: the parameters of the networks whose gradients
-        are read, and the graph-cut leaves (received tensors) whose gradients go up later."""
-        return self._gradients.live_params(client.params) + it.received_leaves()
-
-    def _run(self, client: _Client, names: tuple[str, ...], phase: Phase, x: torch.Tensor,
-             labels: torch.Tensor) -> torch.Tensor:
-        if not names:
-            return x
-        out = client.segment(names)(x, labels)
-        self._computed(client.id, names, phase, FWD, x.shape[0])
-        return out
-
-    def _computed(self, node: str, blocks: tuple[str, ...], phase: Phase, direction: str, batch: int) -> None:
-        if blocks:
-            self._port.computed(node, blocks, phase, direction, batch)
 
     def _flops(self, samples_per_block: dict[str, int], direction: str) -> float:
         costs = self._setup.costs
@@ -630,10 +442,6 @@ class CohortEngine:
 
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
-
-
-def _on_host(state: NodeState) -> NodeState:
-    return NodeState(state.node_id, {name: t.cpu() for name, t in state.tensors.items()})
 
 
 def _host_copy(state: BlockState) -> BlockState:

@@ -88,6 +88,15 @@ def _lost_hook(participation: Participation | None, round_: int, step: int):
     return lost
 
 
+async def send_params(port: NodePort, blocks: Mapping[str, torch.nn.Module], num_examples: int,
+                      losses: Mapping[str, float]) -> None:
+    """A client sends the server its blocks' parameters for the round's federation, with its
+    example count and round losses (the port is at the round's federation step)."""
+    states = {name: float_state(block) for name, block in blocks.items()}
+    meta: dict[str, str | int | float] = {"num_examples": num_examples, **losses}
+    await port.send(port.message(MessageKind.PARAMS, SERVER_ID, Phase.FEDERATE, flatten_blocks(states), meta))
+
+
 async def load_aggregate(port: NodePort, blocks: Mapping[str, torch.nn.Module]) -> None:
     """A client receives the round's AGGREGATE from the server and loads it into ``blocks``."""
     reply = await port.receive(MessageKind.AGGREGATE, SERVER_ID, Phase.FEDERATE)

@@ -50,10 +50,9 @@ from p2pgan.plan.setup import node_seed
 from p2pgan.protocol.endpoint import Endpoint
 from p2pgan.protocol.events import ClientLosses, RoundAggregated
 from p2pgan.protocol.federation import Aggregator, FederationInput, FederationResult
-from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
-from p2pgan.protocol.params import flatten_blocks, float_state
+from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind
 from p2pgan.strategies.base import CutResolver, Layout, Strategy, full_local_layout
-from p2pgan.engine.federate import federate_round, load_aggregate
+from p2pgan.engine.federate import federate_round, load_aggregate, send_params
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
@@ -283,9 +282,7 @@ class MDGanClient(_Node):
 
     async def federate(self, round_: int, losses: dict[str, float]) -> None:
         self._port.at(round_, ROUND_LEVEL_STEP)
-        states = {name: float_state(block) for name, block in self.blocks.items()}
-        await self._port.send(self._port.message(MessageKind.PARAMS, SERVER_ID, Phase.FEDERATE, flatten_blocks(states),
-                                                 {"num_examples": len(self._data), **losses}))
+        await send_params(self._port, self.blocks, len(self._data), losses)
         await load_aggregate(self._port, self.blocks)
 
     async def rejoin(self, round_: int) -> None:

@@ -30,7 +30,7 @@ from p2pgan.plan.run import ClientPlan, RunPlan, Schedule
 from p2pgan.plan.setup import NodeSetup
 from p2pgan.protocol.events import ClientLosses, RoundAggregated
 from p2pgan.run import session
-from p2pgan.run.cohort import check_cohort_strategy, run_cohort
+from p2pgan.run.cohort import check_cohort_strategy, run_cohort, run_shard_cohort
 from p2pgan.run.nodes import run_nodes
 from p2pgan.sim.trace import OperationTracer
 from p2pgan.strategies.catalogue import create_strategy
@@ -330,6 +330,94 @@ def test_checkpoints_are_the_node_engines_and_resume_either_way(digits, costs, m
         for block, state in blocks.items():
             for key, tensor in state.items():
                 assert torch.equal(resumed[0].result.client_blocks[cid][block][key], tensor), f"{cid}.{block}.{key}"
+
+
+# -- a shard's clients together, the server a node elsewhere (ray.clients: cohort) -----------------
+
+
+def sharded(prepared: PreparedRun, monkeypatch, shards: list[list[str]], client_threads: int = 1,
+            saved: dict | None = None) -> tuple[list[RoundAggregated], list[ClientLosses]]:
+    """The server as a node and the clients as :class:`ShardCohort` s (``shards``: their ids), over
+    one memory transport: a Ray run's actors without Ray."""
+    bus, rounds, losses = EventBus(), [], []
+    bus.subscribe(lambda e: rounds.append(e) if isinstance(e, RoundAggregated) else None)
+    bus.subscribe(lambda e: losses.append(e) if isinstance(e, ClientLosses) else None)
+    hook = (lambda round_, state: saved.setdefault(round_, {}).__setitem__(state.node_id, state)) if saved is not None else None
+
+    async def go():
+        transport, strategy = MemoryTransport(receive_timeout_s=30), huscf()
+        await asyncio.gather(run_nodes(prepared, transport, bus, [SERVER_ID], strategy, checkpoint=hook),
+                             *(run_shard_cohort(prepared, transport, bus, strategy, ids, client_threads,
+                                                checkpoint=hook) for ids in shards))
+
+    with monkeypatch.context() as patch:
+        place_nodes_like_the_cohort(patch)  # the server node's blocks as the shards place theirs
+        asyncio.run(go())
+    return rounds, losses
+
+
+@pytest.mark.parametrize("client_threads", [1, 2])
+def test_shard_cohorts_against_a_server_node_equal_the_node_engine(digits, costs, monkeypatch, client_threads):
+    """Two shards of clients run together talk to the unchanged server node and end where every
+    client as its own node ends: the same clusters, weights, losses and checkpoints."""
+    cuts = [OPTIONS[0], OPTIONS[15], OPTIONS[6], OPTIONS[9], OPTIONS[3]]  # one full-local client (15)
+    prepared = prepared_run(digits, costs, cuts, rounds=2, steps=2)
+    node_states, shard_states = {}, {}
+    bus, losses = EventBus(), []
+    bus.subscribe(lambda e: losses.append(e) if isinstance(e, ClientLosses) else None)
+    rounds = []
+    bus.subscribe(lambda e: rounds.append(e) if isinstance(e, RoundAggregated) else None)
+    hook = lambda round_, state: node_states.setdefault(round_, {}).__setitem__(state.node_id, state)  # noqa: E731
+    with monkeypatch.context() as patch:
+        place_nodes_like_the_cohort(patch)
+        asyncio.run(run_nodes(prepared, MemoryTransport(receive_timeout_s=30), bus, None, huscf(), checkpoint=hook))
+    ids = list(prepared.plan.client_ids)
+    shard_rounds, shard_losses = sharded(prepared, monkeypatch, [ids[:2], ids[2:]], client_threads, shard_states)
+    assert [r.round for r in shard_rounds] == [r.round for r in rounds] == [1, 2]
+    assert_losses_close(losses, shard_losses)
+    for a, b in zip(rounds, shard_rounds):
+        assert b.result.clusters == a.result.clusters
+        assert_facts_close(a.result.details, b.result.details)
+        assert_states_close({"clients": {f"{c}/{blk}": s for c, blocks in a.result.client_blocks.items()
+                                         for blk, s in blocks.items()}, "server": a.result.server_blocks},
+                            {"clients": {f"{c}/{blk}": s for c, blocks in b.result.client_blocks.items()
+                                         for blk, s in blocks.items()}, "server": b.result.server_blocks})
+    # Every node's checkpoint state under the node engine's names, each tensor within the tolerance.
+    for round_ in (1, 2):
+        assert shard_states[round_].keys() == node_states[round_].keys()
+        for node, state in node_states[round_].items():
+            theirs = shard_states[round_][node].tensors
+            assert list(theirs) == list(state.tensors), node
+            for name, tensor in state.tensors.items():
+                torch.testing.assert_close(theirs[name].double(), tensor.double(), atol=TOLERANCE, rtol=0,
+                                           msg=f"{node} {name}")
+    assert len(set(shard_rounds[-1].result.clusters.values())) == 2  # past the warm-up: clustered
+
+
+def test_a_shard_cohort_resumes_from_the_node_engines_checkpoint(digits, costs, monkeypatch):
+    cuts = [OPTIONS[0], OPTIONS[6], OPTIONS[9], OPTIONS[3]]
+    prepared = prepared_run(digits, costs, cuts, rounds=2, steps=1)
+    node_states = {}
+    whole, _ = federated(prepared, "nodes", monkeypatch, saved=node_states)
+    ids = list(prepared.plan.client_ids)
+    bus, resumed = EventBus(), []
+    bus.subscribe(lambda e: resumed.append(e) if isinstance(e, RoundAggregated) else None)
+
+    async def go():
+        transport, strategy = MemoryTransport(receive_timeout_s=30), huscf()
+        await asyncio.gather(run_nodes(prepared, transport, bus, [SERVER_ID], strategy, 2, node_states[1]),
+                             run_shard_cohort(prepared, transport, bus, strategy, ids, 1, 2, node_states[1]))
+
+    with monkeypatch.context() as patch:
+        place_nodes_like_the_cohort(patch)
+        asyncio.run(go())
+    assert [r.round for r in resumed] == [2]
+    assert resumed[0].result.clusters == whole[-1].result.clusters
+    for cid, blocks in whole[-1].result.client_blocks.items():
+        for block, state in blocks.items():
+            for key, tensor in state.items():
+                torch.testing.assert_close(resumed[0].result.client_blocks[cid][block][key], tensor,
+                                           atol=TOLERANCE, rtol=0, msg=f"{cid}.{block}.{key}")
 
 
 def assert_facts_close(a, b, where: str = "details") -> None:

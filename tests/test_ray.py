@@ -19,7 +19,9 @@ torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")
 
 from ray.cluster_utils import Cluster  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
+from p2pgan.cli import main  # noqa: E402
 from p2pgan.config.loader import load_scenario  # noqa: E402
 from p2pgan.errors import ClusterError, ConfigError, PeerError  # noqa: E402
 from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Message, MessageKind, Phase  # noqa: E402
@@ -176,7 +178,8 @@ async def test_the_receiver_refuses_a_message_from_outside_the_run():
 def test_bad_ray_values_are_one_line_file_key_errors():
     cases = {"ray.shards=0": "ray.shards", "ray.shards=7": "ray.shards", "ray.address=http://head:6379": "ray.address",
              "ray.num_cpus_per_shard=-1": "ray.num_cpus_per_shard", "ray.num_cpus_server=-2": "ray.num_cpus_server",
-             "ray.num_cpus_server=lots": "ray.num_cpus_server", "ray.colour=red": "ray.colour"}
+             "ray.num_cpus_server=lots": "ray.num_cpus_server", "ray.colour=red": "ray.colour",
+             "ray.clients=swarm": "ray.clients"}
     for override, key in cases.items():
         with pytest.raises(ConfigError) as caught:
             load_scenario(QUICK, ["execution.engine=ray", override])
@@ -184,6 +187,17 @@ def test_bad_ray_values_are_one_line_file_key_errors():
         assert f"quick.yaml:{key}: " in message and "\n" not in message, message
     with pytest.raises(ConfigError, match="transport"):
         load_scenario(QUICK, ["execution.engine=ray", "transport.kind=http"])
+
+
+def test_cohort_shards_refuse_faults_and_strategies_with_their_own_nodes_in_one_line(tmp_path, capsys):
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(QUICK, ["execution.engine=ray", "ray.clients=cohort", "faults.policy=continue"])
+    assert "quick.yaml:faults: " in str(caught.value) and "ray.clients" in str(caught.value)
+    load_scenario(QUICK, ["execution.engine=ray", "ray.clients=nodes", "faults.policy=continue"])  # nodes take faults
+    assert main(["scenario", "validate", str(QUICK), "--set", "execution.engine=ray", "--set", "ray.clients=cohort",
+                 "--set", "strategy.name=md-gan"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "quick.yaml:ray.clients:" in lines[0] and "md-gan" in lines[0], lines
 
 
 def test_address_from_the_scenario_else_ray_address_else_local(tmp_path):
@@ -250,6 +264,35 @@ def test_quick_over_ray_is_byte_identical_to_memory_and_uses_both_nodes(tmp_path
         assert meter["peak_mb"] >= meter["base_mb"] > 0 and meter["cpu_s_per_iteration"] > 0
         assert meter["iterations_timed"] == 2  # one interval per round of two steps
     assert actors["server"]["examples"] == 0
+    assert our_actors() == []
+
+
+def test_quick_over_ray_with_cohort_shards_equals_memory_within_1e_5(tmp_path, cluster, memory_run):
+    out = tmp_path / "run"
+    outcome = run_ray(scenario(out, *RAY, "ray.clients=cohort"))
+    assert outcome.status == "completed", outcome.summary.get("detail")
+    actors = outcome.summary["ray"]["actors"]
+    assert actors["shard-0"]["client_threads"] == 1 and actors["server"]["client_threads"] == 1
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in (memory_run / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == len(expected) > 0
+    for ours, theirs in zip(steps, expected):
+        assert ours.keys() == theirs.keys()
+        for key, value in theirs.items():
+            if isinstance(value, float):
+                assert abs(ours[key] - value) <= 1e-5, (key, ours, theirs)
+            else:
+                assert ours[key] == value, key
+    weights = sorted(p.name for p in (memory_run / "weights").glob("*.safetensors"))
+    assert weights
+    for name in weights:
+        ours, theirs = load_file(out / "weights" / name), load_file(memory_run / "weights" / name)
+        assert ours.keys() == theirs.keys()
+        for key, tensor in theirs.items():
+            torch.testing.assert_close(ours[key], tensor, atol=1e-5, rtol=0, msg=f"{name} {key}")
+    # Latency is priced from the program, so it is the memory run's to the byte.
+    for name in ("latency.json", "latency_iterations.csv", "plan.json", "weights/clusters.json"):
+        assert (out / name).read_bytes() == (memory_run / name).read_bytes(), name
     assert our_actors() == []
 
 

@@ -48,6 +48,8 @@ def check_runnable(scenario: Scenario) -> RunnableCheck:
         source = str(scenario.source or "")
         check_cohort_strategy(strategy, source)
         resolve_device(scenario.execution.device, f"{source}:execution.device" if source else "execution.device")
+    elif scenario.execution.engine == "ray" and scenario.ray.clients == "cohort":  # what a shard would refuse
+        check_cohort_strategy(strategy, str(scenario.source or ""), "ray.clients")
     scenario_topology(scenario)
     labels, sources = load_train_labels(scenario)
     partitions = scenario_partitions(scenario, labels)

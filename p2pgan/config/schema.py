@@ -168,6 +168,9 @@ class RaySpec:
     num_cpus_server: Optional[float] = Field(default=None, ge=0, le=1024, strict=True)
     """CPUs of the server actor, which runs the server's blocks over every client's batch (its
     torch threads: ``max(1, int(n))``); unset: ``num_cpus_per_shard``."""
+    clients: Literal["nodes", "cohort"] = "nodes"
+    """How a shard runs its clients: ``nodes`` (a node each, as in memory) or ``cohort`` (together,
+    one foreach Adam per network and a thread per CPU of the shard; equal up to summation order)."""
 
     @property
     def server_cpus(self) -> float:
@@ -490,6 +493,9 @@ class Scenario:
         if engine == "cohort" and self.faults != FaultsSpec():
             raise ValueError(f"@faults execution.engine {engine} runs every client in every step, so it cannot "
                              "take faults (expected execution.engine: nodes or ray, or no faults section)")
+        if engine == "ray" and self.ray.clients == "cohort" and self.faults != FaultsSpec():
+            raise ValueError("@faults ray.clients cohort runs every client of a shard in every step, so it cannot "
+                             "take faults (expected ray.clients: nodes, or no faults section)")
         if (self.faults.policy == "continue" and (self.transport.kind == "http" or engine == "ray")
                 and self.faults.peer_deadline_s >= self.transport.timeout_s):
             # The live clients wait for the server at most timeout_s: a longer wait for a dead

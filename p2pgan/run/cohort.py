@@ -3,31 +3,34 @@ the server in this process, without a transport, publishing what the nodes publi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from p2pgan.bus import EventBus
 from p2pgan.engine.cohort import CohortEngine
-from p2pgan.engine.execution import default_policy, exact_cuda, resolve_device
+from p2pgan.engine.execution import KernelPolicy, default_policy, exact_cuda, resolve_device
 from p2pgan.engine.loops import RoundCheckpoint
 from p2pgan.engine.state import NodeState
 from p2pgan.errors import ConfigError
 from p2pgan.plan.nodedata import PreparedRun
+from p2pgan.engine.shard_cohort import ShardCohort
 from p2pgan.plan.program import U_SHAPED
+from p2pgan.protocol.endpoint import Transport
 from p2pgan.strategies.base import Strategy
 
 
-def check_cohort_strategy(strategy: Strategy, source: str = "") -> None:
-    """The cohort engine runs the U-shaped program with the split engine's own node kinds; a
-    strategy that brings its own nodes or program (fedprox's client, md-gan) needs ``nodes``."""
+def check_cohort_strategy(strategy: Strategy, source: str = "", key: str = "execution.engine") -> None:
+    """The cohort engines run the U-shaped program with the split engine's own node kinds; a
+    strategy that brings its own nodes or program (fedprox's client, md-gan) needs ``nodes``
+    (``key``: the scenario key that asked for a cohort)."""
     cls = type(strategy)
     own = [name for name in ("create_node", "create_server", "create_client")
            if getattr(cls, name) is not getattr(Strategy, name)]
     if strategy.program is not U_SHAPED:
         own.insert(0, f"program {strategy.program.name!r}")
     if own:
-        raise ConfigError(source, "execution.engine",
+        raise ConfigError(source, key,
                           f"the cohort engine runs the split engine's own nodes, and strategy {cls.name} brings "
-                          f"its own ({', '.join(own)}) (expected engine: nodes)")
+                          f"its own ({', '.join(own)}) (expected {key.rpartition('.')[2]}: nodes)")
 
 
 def build_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy) -> CohortEngine:
@@ -53,3 +56,24 @@ async def run_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy, f
         await engine.run(first_round, checkpoint)
     finally:
         engine.close()
+
+
+async def run_shard_cohort(prepared: PreparedRun, transport: Transport, bus: EventBus, strategy: Strategy,
+                           client_ids: Sequence[str], client_threads: int = 1, first_round: int = 1,
+                           states: Mapping[str, NodeState] | None = None,
+                           checkpoint: RoundCheckpoint | None = None) -> None:
+    """Train a shard's clients (the server runs elsewhere, a node on ``transport``) to the end of the
+    schedule as one :class:`~p2pgan.engine.shard_cohort.ShardCohort` on the CPU, its clients'
+    computations on ``client_threads`` threads: the counterpart of
+    :func:`p2pgan.run.nodes.run_nodes` for ``ray.clients: cohort``."""
+    check_cohort_strategy(strategy, str(prepared.scenario.source or ""), "ray.clients")
+    endpoints = await transport.open(list(client_ids))
+    engine = ShardCohort(prepared.setup, prepared.plan, client_ids, prepared.client_data, endpoints,
+                         strategy.program, bus, KernelPolicy(client_threads=client_threads))
+    try:
+        if states is not None:
+            engine.load_state_dicts(states)
+        await engine.run(first_round, checkpoint)
+    finally:
+        engine.close()
+        await transport.close()

@@ -64,6 +64,7 @@ from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, NodeSt
 from p2pgan.report.write import write_report
 from p2pgan.run.checkpoint import Checkpointable, CheckpointMarkers, ResumePoint, RoundCheckpointer, RunSide
 from p2pgan.run.closer import RoundCloser
+from p2pgan.run.cohort import run_shard_cohort
 from p2pgan.run.nodes import run_nodes
 from p2pgan.run.prepare import prepare_run
 from p2pgan.run.processes import load_snapshot, scenario_snapshot
@@ -271,6 +272,7 @@ class NodeHost:
     def __init__(self, name: str, node_ids: Sequence[str], threads: int) -> None:
         self.name = name
         self.node_ids = list(node_ids)
+        self._cpus = max(1, threads)
         self._first_round = 1
         self._resume_states: dict[str, NodeState] | None = None
         torch.set_num_threads(max(1, threads))
@@ -296,9 +298,18 @@ class NodeHost:
             self._first_round = resume.round + 1
             self._resume_states = {node: NodeState(node, from_arrays(resume.states[node])) for node in self.node_ids}
         clear_cache()  # the domains were loaded whole; keep only this shard's clients' examples
+        if self._cohort:
+            # The cohort's CPU policy: each kernel on one intra-op thread, a client thread per CPU.
+            torch.set_num_threads(1)
         context = ray.get_runtime_context()
-        return {"node": context.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(), "examples":
-                sum(len(d.labels) for d in self._prepared.client_data.values())}
+        return {"node": context.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "client_threads": self._cpus if self._cohort else 1,
+                "examples": sum(len(d.labels) for d in self._prepared.client_data.values())}
+
+    @property
+    def _cohort(self) -> bool:
+        """A shard that runs its clients together (``ray.clients: cohort``)."""
+        return SERVER_ID not in self.node_ids and self._prepared.scenario.ray.clients == "cohort"
 
     async def connect(self, routes: Mapping[str, Any], names: Mapping[str, str]) -> None:
         """Open this actor's endpoints (so peers can deliver from now on)."""
@@ -389,8 +400,12 @@ class NodeHost:
         done: dict[str, Any] = {"status": "completed", "peer": None, "problem": "", "exit_code": 0}
         try:
             checkpoint = self._checkpoint if self._prepared.scenario.checkpoint.enabled else None
-            await run_nodes(self._prepared, self._transport, bus, self.node_ids, strategy=self._nodes,
-                            first_round=self._first_round, states=self._resume_states, checkpoint=checkpoint)
+            if self._cohort:
+                await run_shard_cohort(self._prepared, self._transport, bus, strategy_for(self._prepared.scenario),
+                                       self.node_ids, self._cpus, self._first_round, self._resume_states, checkpoint)
+            else:
+                await run_nodes(self._prepared, self._transport, bus, self.node_ids, strategy=self._nodes,
+                                first_round=self._first_round, states=self._resume_states, checkpoint=checkpoint)
         except P2PGanError as exc:
             peer = exc.peer if isinstance(exc, PeerError) else None
             problem = str(exc).removeprefix(f"peer {peer}: ") if peer else str(exc)

@@ -297,12 +297,14 @@ def check_shards(rows: list[dict]) -> list[str]:
     return lines
 
 
-def projection(rows: list[dict]) -> list[str]:
-    """A 1,000-client run on a cluster, from the Ray runs' per-actor costs (one core per actor)."""
-    # The plain ray-S configurations: one CPU per actor, clients as nodes.
-    ray_rows = [r for r in rows if r["status"] == "completed" and r["config"].count("-") == 1]
+def projection(rows: list[dict], clients: str = "nodes") -> list[str]:
+    """A 1,000-client run on a cluster, from the Ray runs' per-actor costs (one core per actor),
+    with shards running their clients as ``clients`` (``ray-S`` or ``ray-S-cohort`` runs)."""
+    options = [] if clients == "nodes" else [clients]
+    ray_rows = [r for r in rows if r["status"] == "completed" and r["config"].startswith("ray-")
+                and r["config"].split("-")[2:] == options]
     if not ray_rows:
-        return ["  no Ray run completed: nothing to project from"]
+        return [f"  no Ray run with clients: {clients} completed: nothing to project from"]
     shard_mem, shard_cpu, shard_base = [], [], []
     server_mem, server_cpu = [], []
     for row in ray_rows:
@@ -421,9 +423,11 @@ def main() -> None:
           f"linearly from the measured counts, not allocated):")
     for line in budget_lines(rows, budget_mb):
         print(line)
-    print(f"\nprojection: {PROJECTED_CLIENTS} clients on a cluster (one core per actor, from the Ray runs above):")
-    for line in projection(rows):
-        print(line)
+    for clients in ("nodes", "cohort"):
+        print(f"\nprojection: {PROJECTED_CLIENTS} clients on a cluster, shards' clients as {clients} (one core per "
+              "actor, from the Ray runs above):")
+        for line in projection(rows, clients):
+            print(line)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
                                         indent=2) + "\n", encoding="utf-8")

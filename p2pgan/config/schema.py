@@ -168,9 +168,10 @@ class RaySpec:
     num_cpus_server: Optional[float] = Field(default=None, ge=0, le=1024, strict=True)
     """CPUs of the server actor, which runs the server's blocks over every client's batch (its
     torch threads: ``max(1, int(n))``); unset: ``num_cpus_per_shard``."""
-    clients: Literal["nodes", "cohort"] = "nodes"
-    """How a shard runs its clients: ``nodes`` (a node each, as in memory) or ``cohort`` (together,
-    one foreach Adam per network and a thread per CPU of the shard; equal up to summation order)."""
+    clients: Literal["auto", "nodes", "cohort"] = "auto"
+    """How a shard runs its clients: ``nodes`` (a node each, as in memory), ``cohort`` (together,
+    one foreach Adam per network and a thread per CPU of the shard; the same numbers on the CPU) or
+    ``auto``: the cohort where it can run them (the split engine's own nodes, no faults), else nodes."""
 
     @property
     def server_cpus(self) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from p2pgan.bus import EventBus
+from p2pgan.config.schema import FaultsSpec, Scenario
 from p2pgan.engine.cohort import CohortEngine
 from p2pgan.engine.execution import KernelPolicy, default_policy, exact_cuda, resolve_device
 from p2pgan.engine.loops import RoundCheckpoint
@@ -18,19 +19,35 @@ from p2pgan.protocol.endpoint import Transport
 from p2pgan.strategies.base import Strategy
 
 
-def check_cohort_strategy(strategy: Strategy, source: str = "", key: str = "execution.engine") -> None:
-    """The cohort engines run the U-shaped program with the split engine's own node kinds; a
-    strategy that brings its own nodes or program (fedprox's client, md-gan) needs ``nodes``
-    (``key``: the scenario key that asked for a cohort)."""
+def _own_parts(strategy: Strategy) -> list[str]:
+    """What ``strategy`` brings of its own in place of the split engine's program and node kinds."""
     cls = type(strategy)
     own = [name for name in ("create_node", "create_server", "create_client")
            if getattr(cls, name) is not getattr(Strategy, name)]
     if strategy.program is not U_SHAPED:
         own.insert(0, f"program {strategy.program.name!r}")
+    return own
+
+
+def check_cohort_strategy(strategy: Strategy, source: str = "", key: str = "execution.engine") -> None:
+    """The cohort engines run the U-shaped program with the split engine's own node kinds; a
+    strategy that brings its own nodes or program (fedprox's client, md-gan) needs ``nodes``
+    (``key``: the scenario key that asked for a cohort)."""
+    own = _own_parts(strategy)
     if own:
         raise ConfigError(source, key,
-                          f"the cohort engine runs the split engine's own nodes, and strategy {cls.name} brings "
-                          f"its own ({', '.join(own)}) (expected {key.rpartition('.')[2]}: nodes)")
+                          f"the cohort engine runs the split engine's own nodes, and strategy {type(strategy).name} "
+                          f"brings its own ({', '.join(own)}) (expected {key.rpartition('.')[2]}: nodes)")
+
+
+def shard_client_mode(scenario: Scenario, strategy: Strategy) -> str:
+    """How a Ray shard runs its clients, ``nodes`` or ``cohort``: ``ray.clients``, where ``auto``
+    (the default) is the cohort wherever it can run them (the split engine's own nodes, no
+    ``faults:`` section), else nodes."""
+    mode = scenario.ray.clients
+    if mode == "auto":
+        return "cohort" if scenario.faults == FaultsSpec() and not _own_parts(strategy) else "nodes"
+    return mode
 
 
 def build_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy) -> CohortEngine:

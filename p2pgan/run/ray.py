@@ -64,7 +64,7 @@ from p2pgan.protocol.events import (ClientLosses, ComputeEvent, LogEvent, NodeSt
 from p2pgan.report.write import write_report
 from p2pgan.run.checkpoint import Checkpointable, CheckpointMarkers, ResumePoint, RoundCheckpointer, RunSide
 from p2pgan.run.closer import RoundCloser
-from p2pgan.run.cohort import run_shard_cohort
+from p2pgan.run.cohort import run_shard_cohort, shard_client_mode
 from p2pgan.run.nodes import run_nodes
 from p2pgan.run.prepare import prepare_run
 from p2pgan.run.processes import load_snapshot, scenario_snapshot
@@ -286,6 +286,8 @@ class NodeHost:
         self._task: asyncio.Task | None = None
         self._nodes: _KeptNodes | None = None
         self._gone_at_start: tuple[list[str], str] | None = None
+        self._cohort = False
+        """A shard that runs its clients together (``ray.clients``, :func:`shard_client_mode`)."""
 
     async def prepare(self, raw: dict[str, Any], source: str, costs, resume: ResumeStates | None = None
                       ) -> dict[str, Any]:
@@ -294,6 +296,7 @@ class NodeHost:
         scenario = load_snapshot(raw, source)
         clients = [n for n in self.node_ids if n != SERVER_ID]
         self._prepared = prepare_run(scenario, costs, for_nodes=clients)
+        self._cohort = bool(clients) and shard_client_mode(scenario, strategy_for(scenario)) == "cohort"
         if resume is not None:
             self._first_round = resume.round + 1
             self._resume_states = {node: NodeState(node, from_arrays(resume.states[node])) for node in self.node_ids}
@@ -303,13 +306,8 @@ class NodeHost:
             torch.set_num_threads(1)
         context = ray.get_runtime_context()
         return {"node": context.get_node_id(), "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "client_threads": self._cpus if self._cohort else 1,
+                "clients_as": "cohort" if self._cohort else "nodes", "client_threads": self._cpus if self._cohort else 1,
                 "examples": sum(len(d.labels) for d in self._prepared.client_data.values())}
-
-    @property
-    def _cohort(self) -> bool:
-        """A shard that runs its clients together (``ray.clients: cohort``)."""
-        return SERVER_ID not in self.node_ids and self._prepared.scenario.ray.clients == "cohort"
 
     async def connect(self, routes: Mapping[str, Any], names: Mapping[str, str]) -> None:
         """Open this actor's endpoints (so peers can deliver from now on)."""

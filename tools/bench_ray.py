@@ -244,15 +244,18 @@ def status_like_meminfo(key: str) -> float | None:
 
 
 def linear_fit(points: list[tuple[int, float]]) -> tuple[float, float] | None:
-    """(intercept, slope) by least squares; with one client count, the slope through the origin."""
+    """(intercept, slope) by least squares; with one client count, or where the intercept would be
+    negative (a cost that grows faster than linearly: no cost is below zero with no clients), the
+    least-squares slope through the origin."""
     if not points:
         return None
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    if len(set(xs)) == 1:
-        return 0.0, statistics.fmean(ys) / xs[0]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
-    return my - slope * mx, slope
+    if len(set(xs)) > 1:
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
+        if my - slope * mx >= 0:
+            return my - slope * mx, slope
+    return 0.0, sum(x * y for x, y in points) / sum(x * x for x in xs)
 
 
 def shards_of(row: dict) -> dict[str, dict]:

@@ -251,6 +251,16 @@ def test_the_cohort_engine_refusals_come_at_validate(tmp_path, capsys):
         assert f"{path}:execution.device: cuda asked for" in _one_line(capsys) and not out.exists()
 
 
+def test_cuda_is_refused_in_one_line_where_the_engine_computes_on_the_cpu(tmp_path, capsys):
+    path = _scenario(tmp_path, TINY)
+    for engine in ("nodes", "ray"):
+        assert main(["scenario", "validate", str(path), "--set", f"execution.engine={engine}",
+                     "--set", "execution.device=cuda"]) == 2
+        line = _one_line(capsys)
+        assert f"{path}:execution.device: cuda runs the cohort engine" in line and f"engine {engine}" in line, line
+    assert main(["scenario", "validate", str(path), "--set", "execution.device=auto"]) == 0  # the CPU here
+
+
 # -- output flags ---------------------------------------------------------------------------------------
 
 def _output_forms(tmp_path: Path) -> list[tuple[str, Path, str]]:

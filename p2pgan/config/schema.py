@@ -516,6 +516,16 @@ class Scenario:
         return self
 
     @model_validator(mode="after")
+    def _only_the_cohort_takes_a_gpu(self) -> "Scenario":
+        # The node engine (and Ray's actors, which run it or a shard cohort) computes on the CPU;
+        # a cuda it would ignore is refused, and auto means the CPU there.
+        engine = self.execution.engine
+        if self.execution.device == "cuda" and engine != "cohort":
+            raise ValueError(f"@execution.device cuda runs the cohort engine on the GPU; execution.engine {engine} "
+                             "computes on the CPU (expected execution.engine: cohort, or device: cpu or auto)")
+        return self
+
+    @model_validator(mode="after")
     def _ray_runs_its_own_transport(self) -> "Scenario":
         if self.execution.engine == "ray":
             if self.transport.kind != "memory" or self.transport.processes:

@@ -10,10 +10,10 @@ from p2pgan.config.schema import FaultsSpec, Scenario
 from p2pgan.engine.cohort import CohortEngine
 from p2pgan.engine.execution import KernelPolicy, default_policy, exact_cuda, resolve_device
 from p2pgan.engine.loops import RoundCheckpoint
+from p2pgan.engine.shard_cohort import ShardCohort
 from p2pgan.engine.state import NodeState
 from p2pgan.errors import ConfigError
 from p2pgan.plan.nodedata import PreparedRun
-from p2pgan.engine.shard_cohort import ShardCohort
 from p2pgan.plan.program import U_SHAPED
 from p2pgan.protocol.endpoint import Transport
 from p2pgan.strategies.base import Strategy

@@ -273,9 +273,10 @@ class NodeHost:
         self.name = name
         self.node_ids = list(node_ids)
         self._cpus = max(1, threads)
+        """The CPUs Ray gave this actor: its torch threads, or a cohort shard's client threads."""
         self._first_round = 1
         self._resume_states: dict[str, NodeState] | None = None
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(self._cpus)
         keep_freed_memory()  # as in every process the command line starts (p2pgan/runtime.py)
         self._meter = ActorMeter()
         self._prepared = None

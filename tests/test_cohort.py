@@ -532,39 +532,14 @@ def test_cuda_cohort_is_deterministic_and_close_to_cpu_before_any_step(digits, c
 @CUDA
 @pytest.mark.parametrize("name", sorted(MIXED_PLANS))
 def test_cuda_cohort_equals_cuda_nodes(name, digits, costs):
-    """Where the node engine runs on a device too (``device=`` on its nodes), both agree on CUDA."""
-    import inspect
-
-    if "device" not in inspect.signature(ClientNode.__init__).parameters:
-        pytest.skip("the node engine takes no device yet")
+    """The node engine on the GPU (its setup's device) and the cohort there agree."""
     exact_cuda()
-    setup = NodeSetup(SPEC, costs, SEED, LR, BETAS)
+    setup = NodeSetup(SPEC, costs, SEED, LR, BETAS, torch.device("cuda"))
     cuts = MIXED_PLANS[name]
     data = client_data(digits, len(cuts))
     plan = run_plan(cuts, data, steps=2)
     gpu = KernelPolicy(torch.device("cuda"))
-    nodes = iterate_nodes_on(setup, plan, data, torch.device("cuda"))
+    nodes = iterate_nodes(setup, plan, data, 2)
     cohort = iterate_cohort(setup, plan, data, 2, gpu)
     assert_states_close(nodes.states, cohort.states)
     assert_losses_close(nodes.losses, cohort.losses)
-
-
-def iterate_nodes_on(setup, plan, data, device) -> Iterated:
-    bus, tracer, losses = EventBus(), OperationTracer(), []
-    bus.subscribe(tracer)
-
-    async def go():
-        transport = MemoryTransport(receive_timeout_s=30)
-        endpoints = await transport.open([SERVER_ID, *plan.client_ids])
-        server = ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED, device=device)
-        clients = [ClientNode(setup, p, plan.schedule, data[p.client_id], endpoints[p.client_id], bus, U_SHAPED,
-                              device=device) for p in plan.clients]
-        for step in range(plan.schedule.steps_per_round):
-            done = await asyncio.gather(server.iteration(1, step), *(c.iteration(1, step) for c in clients))
-            losses.extend(done[1:])
-        return server, clients
-
-    server, clients = asyncio.run(go())
-    states = {c.node_id: states_of(c.blocks) for c in clients}
-    states[SERVER_ID] = states_of(server.blocks)
-    return Iterated(states, losses, tracer.operations())

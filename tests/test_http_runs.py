@@ -94,6 +94,24 @@ def test_quick_over_http_and_processes_is_bit_identical_to_memory(tmp_path):
     assert_gone(info["pid"] for info in table.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_quick_on_the_gpu_over_http_is_bit_identical_to_memory_and_close_to_the_cohort(tmp_path):
+    """``execution.device: cuda``: the nodes compute on the GPU; the memory transport passes device
+    tensors, http moves them to the host only at the wire, and the numbers are the same bits. The
+    cohort on the GPU gives the same losses up to float summation order."""
+    on_gpu = [*SMALL, "execution.device=cuda"]
+    memory = run_scenario(scenario(tmp_path / "memory", *on_gpu))
+    http = run_scenario(scenario(tmp_path / "http", *on_gpu, "transport.kind=http"))
+    cohort = run_scenario(scenario(tmp_path / "cohort", *on_gpu, "execution.engine=cohort"))
+    assert (memory.status, http.status, cohort.status) == ("completed",) * 3
+    assert_same_results(tmp_path / "memory", tmp_path / "http")
+    by_nodes, by_cohort = steps(tmp_path / "memory"), steps(tmp_path / "cohort")
+    assert by_nodes.keys() == by_cohort.keys()
+    for key, record in by_nodes.items():
+        for name in ("d_real", "d_fake", "d_loss", "g_loss"):
+            assert abs(record[name] - by_cohort[key][name]) <= 1e-4, (key, name)
+
+
 _STARTED: list[subprocess.Popen] = []
 
 

@@ -251,14 +251,27 @@ def test_the_cohort_engine_refusals_come_at_validate(tmp_path, capsys):
         assert f"{path}:execution.device: cuda asked for" in _one_line(capsys) and not out.exists()
 
 
-def test_cuda_is_refused_in_one_line_where_the_engine_computes_on_the_cpu(tmp_path, capsys):
+def test_cuda_is_refused_in_one_line_where_ray_computes_on_the_cpu(tmp_path, capsys):
     path = _scenario(tmp_path, TINY)
-    for engine in ("nodes", "ray"):
-        assert main(["scenario", "validate", str(path), "--set", f"execution.engine={engine}",
-                     "--set", "execution.device=cuda"]) == 2
-        line = _one_line(capsys)
-        assert f"{path}:execution.device: cuda runs the cohort engine" in line and f"engine {engine}" in line, line
+    assert main(["scenario", "validate", str(path), "--set", "execution.engine=ray",
+                 "--set", "execution.device=cuda"]) == 2
+    line = _one_line(capsys)
+    assert f"{path}:execution.device: cuda runs the nodes or the cohort engine" in line and "engine ray" in line, line
     assert main(["scenario", "validate", str(path), "--set", "execution.device=auto"]) == 0  # the CPU here
+
+
+@pytest.mark.parametrize("engine", ["nodes", "cohort"])
+def test_cuda_without_a_gpu_is_refused_at_validate_and_before_a_run_claims_its_folder(engine, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """Both engines run on a GPU; where none is usable, validate and run say so in one line."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = _scenario(tmp_path, TINY)
+    overrides = ["--set", f"execution.engine={engine}", "--set", "execution.device=cuda"]
+    assert main(["scenario", "validate", str(path), *overrides]) == 2
+    assert f"{path}:execution.device: cuda asked for, but this machine has no usable CUDA device" in _one_line(capsys)
+    out = tmp_path / "never"
+    assert main(["scenario", "run", str(path), *overrides, "--out", str(out), "--no-live"]) == 2
+    assert f"{path}:execution.device: cuda asked for" in _one_line(capsys) and not out.exists()
 
 
 # -- output flags ---------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def build_nodes(setup, plan, data, create_nodes: Callable[[dict], list]) -> Buil
 
 def build_cohort(engine, data) -> Built:
     held = Held([*(b for c in engine.clients for b in c.blocks.values()), *engine.server_blocks.values()],
-                engine.optimizers(), [t for c in engine.clients for t in (c.images, c.labels)])
+                engine.optimizers(), [t for c in engine.clients for t in (c.data.images, c.data.labels)])
     return Built(len(engine.clients), lambda step: engine.iteration(1, step), held)
 
 

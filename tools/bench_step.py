@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import resource
@@ -143,6 +144,7 @@ def on_loop(make_nodes: Callable[[], Awaitable[list]], iteration: Callable[[list
 def make_nodes(clients: int, width: float, batch: int, steps: int, device: str = "cpu") -> tuple[float, Step]:
     from p2pgan.bus import EventBus
     from p2pgan.engine.client import ClientNode
+    from p2pgan.engine.execution import exact_cuda
     from p2pgan.engine.server import ServerNode
     from p2pgan.ids import SERVER_ID
     from p2pgan.plan.program import U_SHAPED
@@ -150,17 +152,18 @@ def make_nodes(clients: int, width: float, batch: int, steps: int, device: str =
     from transports.memory import MemoryTransport
 
     setup, plan, data = split_setup(clients, width, batch, steps)
+    if device.startswith("cuda"):
+        exact_cuda()
+    setup = dataclasses.replace(setup, device=torch.device(device))
     base = peak_rss_mb()
 
     async def build() -> list:
         transport = MemoryTransport()
         endpoints = await transport.open([SERVER_ID, *plan.client_ids])
         bus = EventBus()
-        # A device is passed only where one is asked for (the node engine's device support is its own).
-        on = {} if device == "cpu" else {"device": torch.device(device)}
-        server = ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED, **on)
+        server = ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED)
         return [server, *(ClientNode(setup, p, plan.schedule, data[p.client_id], endpoints[p.client_id], bus,
-                                     U_SHAPED, **on) for p in plan.clients)]
+                                     U_SHAPED) for p in plan.clients)]
 
     async def iteration(nodes: list, i: int) -> None:
         await asyncio.gather(*(n.iteration(1, i) for n in nodes))

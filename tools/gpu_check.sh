@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check (issue 14): on a machine with a CUDA GPU it
-#   1. runs the cohort/node equivalence tests (tests/test_cohort.py, CUDA variants included),
+#   1. runs the cohort/node equivalence tests (tests/test_cohort.py, CUDA variants included), the
+#      node engine's device tests, and quick.yaml on the GPU over memory, http and the cohort,
 #   2. runs the step benchmark on the GPU (tools/bench_step.py --device cuda),
 #   3. runs scenarios/paper/s6.yaml at full paper settings with the cohort engine on the GPU,
 # and writes one JSON of timings ($OUT/gpu_check.json, else ./gpu_check.json), updated after every
@@ -10,8 +11,8 @@
 #
 # Knobs (environment): GPU_CHECK_DEVICE (cuda), GPU_CHECK_SCENARIO (scenarios/paper/s6.yaml),
 # GPU_CHECK_SET (extra --set overrides for the scenario, space separated), DATA_ROOT (full datasets;
-# default the shipped subsets), and per-stage limits in seconds: TEST_TIMEOUT (90),
-# BENCH_TIMEOUT (150), S6_TIMEOUT (300): together under a 600 s command limit. s6's 50 rounds may
+# default the shipped subsets), and per-stage limits in seconds: TEST_TIMEOUT (110),
+# BENCH_TIMEOUT (150), S6_TIMEOUT (280): together under a 600 s command limit. s6's 50 rounds may
 # take longer than its stage; the JSON then projects the whole run from the rounds (or, before
 # the first round ends, the iterations) done. A dry run on a CPU machine checks the script itself:
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SCENARIO=scenarios/quick.yaml BENCH_SIZES=4:0.25:16 tools/gpu_check.sh
@@ -26,9 +27,9 @@ PY="${PYTHON:-python}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 SCENARIO="${GPU_CHECK_SCENARIO:-scenarios/paper/s6.yaml}"
 EXTRA_SET="${GPU_CHECK_SET:-}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-90}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-110}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
-S6_TIMEOUT="${S6_TIMEOUT:-300}"
+S6_TIMEOUT="${S6_TIMEOUT:-280}"
 BENCH_SIZES="${BENCH_SIZES:-12:0.25:32 16:1:64}"
 DEST="${OUT:-.}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
@@ -89,7 +90,9 @@ fi
 
 # -- 1. equivalence on the device (the CUDA tests need a GPU; the CPU ones prove the engine) ------
 start="$(now)"
-timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -rs tests/test_cohort.py >"$WORK/tests.log" 2>&1
+timeout "$TEST_TIMEOUT" "$PY" -m pytest -q -rs tests/test_cohort.py tests/test_node_device.py \
+    "tests/test_http_runs.py::test_quick_on_the_gpu_over_http_is_bit_identical_to_memory_and_close_to_the_cohort" \
+    >"$WORK/tests.log" 2>&1
 rc=$?
 summary="$(tail -n 1 "$WORK/tests.log")"
 record equivalence "rc=$rc" "seconds=$(since "$start")" "summary=$summary" "log_tail=$(tail_json "$WORK/tests.log")"

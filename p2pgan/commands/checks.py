@@ -4,8 +4,8 @@
 it before it claims a results folder (a failure after that leaves files a second try has to
 ``--force`` away). Both call :func:`check_runnable`:
 
-* the strategy's own options (its ``Options`` class) and, for the cohort engine, that it can run
-  the strategy on the device asked for;
+* the strategy's own options (its ``Options`` class), that the device asked for is here, and for
+  the cohort engine that it can run the strategy;
 * the topology the run prices on, with the scenario's ``topology.<key>`` overrides applied (the
   packaged paper-edge topology when the scenario names none);
 * the data: every domain's train split read (a malformed dataset fails here, not at round one)
@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from p2pgan.config.schema import Scenario
-from p2pgan.engine.execution import resolve_device
 from p2pgan.errors import ConfigError
 from p2pgan.model.segments import ClientCut
 from p2pgan.plan.checks import (DomainSource, batch_note, client_sizes, load_train_labels,
                                 scenario_partitions)
 from p2pgan.run.cohort import check_cohort_strategy
+from p2pgan.run.prepare import execution_device
 from p2pgan.strategies.catalogue import strategy_for
 from p2pgan.topology.profiles import Topology, default_topology_path, load_topology
 
@@ -44,10 +44,9 @@ def check_runnable(scenario: Scenario) -> RunnableCheck:
     """Raise the one-line error a run of ``scenario`` would meet before its first round, or say
     what the run will use (see the module docstring)."""
     strategy = strategy_for(scenario)
-    if scenario.execution.engine == "cohort":  # what build_cohort refuses, before any folder exists
-        source = str(scenario.source or "")
-        check_cohort_strategy(strategy, source)
-        resolve_device(scenario.execution.device, f"{source}:execution.device" if source else "execution.device")
+    execution_device(scenario)  # what prepare_run refuses, before any folder exists
+    if scenario.execution.engine == "cohort":  # what build_cohort refuses
+        check_cohort_strategy(strategy, str(scenario.source or ""))
     elif scenario.execution.engine == "ray" and scenario.ray.clients == "cohort":  # what a shard would refuse
         check_cohort_strategy(strategy, str(scenario.source or ""), "ray.clients")
     scenario_topology(scenario)

@@ -146,8 +146,9 @@ class TransportSpec:
 
 @dataclass(config=STRICT)
 class ExecutionSpec:
-    """How the program is executed: a node per client over the transport, or one cohort engine
-    running every client in this process (no transport), on which device."""
+    """How the program is executed: a node per client over the transport, one cohort engine
+    running every client in this process (no transport), or Ray actors; and on which device the
+    nodes or the cohort compute (Ray's on the CPU)."""
 
     engine: Literal["nodes", "cohort", "ray"] = "nodes"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -516,13 +517,12 @@ class Scenario:
         return self
 
     @model_validator(mode="after")
-    def _only_the_cohort_takes_a_gpu(self) -> "Scenario":
-        # The node engine (and Ray's actors, which run it or a shard cohort) computes on the CPU;
-        # a cuda it would ignore is refused, and auto means the CPU there.
-        engine = self.execution.engine
-        if self.execution.device == "cuda" and engine != "cohort":
-            raise ValueError(f"@execution.device cuda runs the cohort engine on the GPU; execution.engine {engine} "
-                             "computes on the CPU (expected execution.engine: cohort, or device: cpu or auto)")
+    def _ray_computes_on_the_cpu(self) -> "Scenario":
+        # Ray's actors (the server node and the shards' nodes or cohorts) compute on the CPU; a
+        # cuda they would ignore is refused, and auto means the CPU there.
+        if self.execution.device == "cuda" and self.execution.engine == "ray":
+            raise ValueError("@execution.device cuda runs the nodes or the cohort engine on the GPU; execution.engine "
+                             "ray computes on the CPU (expected execution.engine: nodes or cohort, or device: cpu or auto)")
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from p2pgan.bus import EventBus
 from p2pgan.errors import P2PGanError
 from p2pgan.engine.loops import RoundCheckpoint, run_client
 from p2pgan.engine.federate import load_aggregate, send_params
+from p2pgan.engine.execution import place_node_blocks
 from p2pgan.engine.gradients import GradientUse, waiting_forwards
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, generator_state, load_blocks,
@@ -133,12 +134,14 @@ class ClientNode:
         self._setup = setup
         self._schedule = schedule
         self._program = program
-        self._data = data
+        device = setup.device
+        self._data = data.on(device)
         self._bus = bus
         self._gen = torch.Generator().manual_seed(node_seed(setup.seed, self.node_id))
         self._sampler = BatchSampler(len(data), schedule.batch_size, self._gen)
         blocks = build_initial_blocks(setup.model, setup.seed)
         self.blocks = {name: blocks[name] for name in plan.split.client_blocks}
+        place_node_blocks(self.blocks, device)
         self._optimizers = {net.name: setup.adam([p for n in network_split(plan.split, net).client_blocks
                                                    for p in self.blocks[n].parameters()])
                             for net in NETWORKS}
@@ -147,7 +150,7 @@ class ClientNode:
         self._gradients = GradientUse(program)
         self._waiting = {t.phase for i in waiting_forwards(program) for t in program.iteration[i].trips}
         self._segments: dict[tuple[str, ...], Segment] = {}
-        self._port = NodePort(self.node_id, endpoint, bus, setup.costs)
+        self._port = NodePort(self.node_id, endpoint, bus, setup.costs, device=device)
 
     async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
         await run_client(self, self._schedule, self._bus, first_round, checkpoint, self.faults)
@@ -166,8 +169,9 @@ class ClientNode:
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)
         idx = self._sampler.next_indices()
-        real, labels = self._data.images[idx], self._data.labels[idx]
-        z = torch.randn(labels.shape[0], self._setup.model.z_dim, generator=self._gen)
+        real, labels = self._data.batch(idx)
+        # Drawn on the host, from the node's own stream: the same noise on every device.
+        z = torch.randn(labels.shape[0], self._setup.model.z_dim, generator=self._gen).to(real.device)
         it = _Iteration(labels, {"noise": z, "real": real})
         self._gradients.start_iteration()
         for action in self._program.iteration:

@@ -66,8 +66,7 @@ class CohortClient:
         self.id = plan.client_id
         self.plan = plan
         self.num_examples = len(data)
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
+        self.data = data.on(device)
         self.blocks = blocks
         self.generator = torch.Generator().manual_seed(node_seed(setup.seed, self.id))
         self.sampler = BatchSampler(len(data), batch_size, self.generator)
@@ -189,13 +188,9 @@ class ClientCohort:
 
     def _draw(self, client: CohortClient) -> CohortIteration:
         """The client's batch and noise, drawn from its own stream in the node's order."""
-        idx = client.sampler.next_indices()
-        device = client.images.device
-        if device.type != "cpu":
-            idx = idx.to(device)
-        real, labels = client.images[idx], client.labels[idx]
+        real, labels = client.data.batch(client.sampler.next_indices())
         z = torch.randn(labels.shape[0], self._setup.model.z_dim, generator=client.generator)
-        return CohortIteration(labels, {"noise": z.to(device), "real": real})
+        return CohortIteration(labels, {"noise": z.to(real.device), "real": real})
 
     def _client_up(self, client: CohortClient, trip: RoundTrip, it: CohortIteration) -> None:
         split = client.split(trip)

@@ -111,6 +111,14 @@ def place_blocks(blocks: Mapping[str, nn.Module], policy: KernelPolicy) -> None:
                 block.register_forward_pre_hook(_contiguous_input)
 
 
+def place_node_blocks(blocks: Mapping[str, nn.Module], device: torch.device) -> None:
+    """A node's blocks on ``device`` in its default formats (:func:`default_policy`'s, as the
+    cohort places them, so both engines run the same kernels there). On the CPU the blocks are
+    already built so, and stay as they are."""
+    if device.type != "cpu":
+        place_blocks(blocks, KernelPolicy(device))
+
+
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 

@@ -47,12 +47,12 @@ async def federate_round(port: NodePort, plan: RunPlan, round_: int, blocks: Map
             continue
         losses[client.client_id] = {k: float(v) for k, v in msg.meta.items() if k != "num_examples"}
         updates[client.client_id] = ClientUpdate(client.client_id, client.num_examples, client.cut.as_tuple(),
-                                                 unflatten_blocks(msg.tensors), losses[client.client_id])
+                                                 unflatten_blocks(_on_host(msg.tensors)), losses[client.client_id])
     if not updates:
         raise P2PGanError(f"round {round_}: no client's parameters reached the federation")
     inputs = FederationInput(round=round_, updates=updates,
-                             server_blocks={name: float_state(block) for name, block in blocks.items()},
-                             features={c: t for c, t in features.items() if c in updates},
+                             server_blocks={name: _on_host(float_state(block)) for name, block in blocks.items()},
+                             features=_on_host({c: t for c, t in features.items() if c in updates}),
                              num_domains=num_domains, block_order=BLOCK_ORDER)
     port.state("computing")
     result = strategy.aggregate(inputs)
@@ -77,6 +77,13 @@ async def federate_round(port: NodePort, plan: RunPlan, round_: int, blocks: Map
     if participation is not None:
         participation.remember(result)
     return result, losses
+
+
+def _on_host(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strategies aggregate on the CPU, whatever device the nodes compute on (as the cohort
+    engine's do): the same arithmetic, and results the run writes as they are. The CPU's own
+    tensors are not copied."""
+    return {name: t.to("cpu") for name, t in tensors.items()}
 
 
 def _lost_hook(participation: Participation | None, round_: int, step: int):

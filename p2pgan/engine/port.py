@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+import torch
+
 from p2pgan.protocol.messages import Message, MessageKey, MessageKind, Phase
 from p2pgan.protocol.events import ComputeEvent, NodeStateEvent, TransferEvent
 from p2pgan.bus import EventBus
@@ -39,10 +41,14 @@ class NodePort:
     ``peer_deadline_s`` (``faults.policy: continue``): a receive waits at most this long and a
     send gives up after it; the peer is then lost (:class:`PeerLost`) instead of the run failing.
     ``None`` (``policy: fail``): the transport's own deadlines, and its errors end the run.
+
+    ``device``: where the node computes; what it receives is put there (a wire delivers host
+    tensors), so the node never sees a tensor elsewhere.
     """
 
     def __init__(self, node_id: str, endpoint: Endpoint, bus: EventBus, costs: ModelCosts,
-                 peer_deadline_s: float | None = None, wanted: Callable[[str], bool] | None = None) -> None:
+                 peer_deadline_s: float | None = None, wanted: Callable[[str], bool] | None = None,
+                 device: torch.device | None = None) -> None:
         self.node_id = node_id
         self.round = 0
         self.step = 0
@@ -53,6 +59,7 @@ class NodePort:
         self._peer_deadline_s = peer_deadline_s
         self._wanted = wanted
         """False for a peer dropped meanwhile (a Ray shard that died): a receive for it gives up at once."""
+        self._device = device
 
     def at(self, round_: int, step: int) -> None:
         """Where in the schedule the following messages and computes belong."""
@@ -96,7 +103,7 @@ class NodePort:
         else:
             msg = await self._receive_within(key, budget or _Budget(self._peer_deadline_s))
         self._consumed.append(msg.msg_id)
-        return msg
+        return msg if self._device is None else msg.on(self._device)
 
     async def receive_each(self, kind: MessageKind, sources: Sequence[str], phase: Phase,
                            lost: PeerLostHook) -> dict[str, Message]:

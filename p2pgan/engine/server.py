@@ -17,6 +17,7 @@ from p2pgan.protocol.messages import ROUND_LEVEL_STEP, MessageKind, Phase
 from p2pgan.ids import SERVER_ID
 from p2pgan.engine.loops import RoundCheckpoint, run_server
 from p2pgan.engine.participation import Participation
+from p2pgan.engine.execution import place_node_blocks
 from p2pgan.engine.gradients import GradientUse, waiting_forwards
 from p2pgan.engine.state import (NodeState, allocate_adam_state, blocks_state, copy, load_blocks, load_optimizers,
                                  optimizers_state)
@@ -70,6 +71,7 @@ class ServerNode:
         self._bus = bus
         blocks = build_initial_blocks(setup.model, setup.seed)
         self.blocks = {name: blocks[name] for name in plan.server_blocks()}
+        place_node_blocks(self.blocks, setup.device)
         self._program = program
         self._optimizers = {net.name: setup.adam(self._params(net)) for net in NETWORKS}
         for optimizer in self._optimizers.values():
@@ -87,7 +89,7 @@ class ServerNode:
         self.participation = Participation(faults, bus)
         self._port = NodePort(self.node_id, endpoint, bus, setup.costs,
                               faults.peer_deadline_s if self.participation.continues else None,
-                              wanted=lambda peer: peer not in self.participation.dropped)
+                              wanted=lambda peer: peer not in self.participation.dropped, device=setup.device)
 
     async def run(self, first_round: int = 1, checkpoint: RoundCheckpoint | None = None) -> None:
         await run_server(self, self._plan.schedule, self._bus, first_round, checkpoint)
@@ -102,7 +104,7 @@ class ServerNode:
     def load_state_dict(self, state: NodeState) -> None:
         load_blocks(state, self.blocks)
         load_optimizers(state, self._optimizers)
-        self._features = {cid: t.clone() for cid, t in state.under("features").items()}
+        self._features = {cid: t.to(self._setup.device, copy=True) for cid, t in state.under("features").items()}
         self.participation.load_state(state)
 
     async def iteration(self, round_: int, step: int) -> None:

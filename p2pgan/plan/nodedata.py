@@ -14,6 +14,7 @@ from p2pgan.plan.setup import NodeSetup
 from p2pgan.ids import SERVER_ID
 from p2pgan.plan.run import RunPlan
 from p2pgan.protocol.events import NodeInfo
+from p2pgan.protocol.messages import is_on
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,17 @@ class LocalData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def on(self, device: torch.device) -> "LocalData":
+        """The examples on ``device`` (itself where they are there already)."""
+        if is_on(self.images, device):
+            return self
+        return LocalData(self.images.to(device), self.labels.to(device))
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels at ``indices`` (a sampler's, drawn on the host), where the examples are."""
+        indices = indices.to(self.images.device)
+        return self.images[indices], self.labels[indices]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from p2pgan.model.blocks import ModelSpec
 from p2pgan.model.costs import ModelCosts
+
 
 @dataclass(frozen=True)
 class NodeSetup:
@@ -16,6 +17,9 @@ class NodeSetup:
     seed: int
     lr: float
     betas: tuple[float, float]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    """Where a node's blocks, optimizer state, batches and received tensors live and its kernels
+    run (``execution.device``, resolved once by the run's composition root)."""
 
     def adam(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer | None:
         # foreach: one multi-tensor update instead of a dozen small ops per parameter, the same

@@ -6,7 +6,7 @@ always detached copies, as if they had crossed a wire.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import torch
@@ -83,3 +83,16 @@ class Message:
         tensors = {name: t.detach().clone() for name, t in self.tensors.items()}
         return Message(self.kind, self.src, self.dst, self.round, self.step, self.phase,
                        tensors, dict(self.meta))
+
+    def on(self, device: torch.device) -> "Message":
+        """The message with its tensors on ``device``: itself where they all are there already (a
+        memory transport between nodes on one GPU), else a copy (a wire's host tensors for a
+        node on a GPU)."""
+        if all(is_on(t, device) for t in self.tensors.values()):
+            return self
+        return replace(self, tensors={name: t.to(device) for name, t in self.tensors.items()})
+
+
+def is_on(tensor: torch.Tensor, device: torch.device) -> bool:
+    """``cuda`` names the current GPU: a tensor on ``cuda:0`` is on it."""
+    return tensor.device.type == device.type and device.index in (None, tensor.device.index)

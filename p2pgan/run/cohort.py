@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from p2pgan.bus import EventBus
 from p2pgan.config.schema import FaultsSpec, Scenario
 from p2pgan.engine.cohort import CohortEngine
-from p2pgan.engine.execution import KernelPolicy, default_policy, exact_cuda, resolve_device
+from p2pgan.engine.execution import KernelPolicy, default_policy
 from p2pgan.engine.loops import RoundCheckpoint
 from p2pgan.engine.shard_cohort import ShardCohort
 from p2pgan.engine.state import NodeState
@@ -51,14 +51,9 @@ def shard_client_mode(scenario: Scenario, strategy: Strategy) -> str:
 
 
 def build_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy) -> CohortEngine:
-    scenario = prepared.scenario
-    source = str(scenario.source or "")
-    check_cohort_strategy(strategy, source)
-    device = resolve_device(scenario.execution.device, f"{source}:execution.device" if source else "execution.device")
-    if device.type == "cuda":
-        exact_cuda()
+    check_cohort_strategy(strategy, str(prepared.scenario.source or ""))
     return CohortEngine(prepared.setup, prepared.plan, prepared.client_data, strategy, len(prepared.domains),
-                        strategy.program, bus, default_policy(device))
+                        strategy.program, bus, default_policy(prepared.setup.device))
 
 
 async def run_cohort(prepared: PreparedRun, bus: EventBus, strategy: Strategy, first_round: int = 1,

@@ -16,6 +16,7 @@ import torch
 
 from p2pgan.config.schema import Scenario
 from p2pgan.data import load_domain, partition_clients, to_model_input
+from p2pgan.engine.execution import exact_cuda, resolve_device
 from p2pgan.errors import P2PGanError
 from p2pgan.model.costs import ModelCosts, profile_model
 from p2pgan.model.segments import ClientCut
@@ -75,7 +76,10 @@ def prepare_run(scenario: Scenario, costs: ModelCosts | None = None, for_node: s
         records.append(ClientRecord(part.client_id, part.domain, tuple(part.excluded_labels), float(part.size_ratio)))
     del train
     training = scenario.training
-    setup = NodeSetup(spec, costs, scenario.seed, training.lr, tuple(training.betas))
+    device = execution_device(scenario)
+    if device.type == "cuda":
+        exact_cuda()  # process-wide: the nodes' kernels in fp32, deterministic, run after run
+    setup = NodeSetup(spec, costs, scenario.seed, training.lr, tuple(training.betas), device)
     if layout.pooled:
         refuse_pooled_faults(scenario)
         return _pooled(scenario, setup, clients, records, client_data, keep)
@@ -84,6 +88,16 @@ def prepare_run(scenario: Scenario, costs: ModelCosts | None = None, for_node: s
     run_plan = RunPlan(tuple(clients), schedule)
     faults = build_fault_plan(scenario, run_plan, records, strategy.program, costs)
     return PreparedRun(scenario, run_plan, setup, tuple(records), client_data, faults)
+
+
+def execution_device(scenario: Scenario) -> torch.device:
+    """Where this process's nodes compute: ``execution.device`` resolved on this machine (cuda
+    where there is none is a one-line error). Ray's actors compute on the CPU (the schema refuses
+    cuda there; ``auto`` is the CPU)."""
+    if scenario.execution.engine == "ray":
+        return torch.device("cpu")
+    source = str(scenario.source or "")
+    return resolve_device(scenario.execution.device, f"{source}:execution.device" if source else "execution.device")
 
 
 def scenario_cuts(scenario: Scenario, client_ids: Sequence[str], costs: ModelCosts) -> dict[str, ClientCut]:

@@ -37,6 +37,7 @@ from p2pgan.bus import EventBus
 from p2pgan.config.schema import Scenario
 from p2pgan.engine.client import BatchSampler
 from p2pgan.engine.loops import RoundCheckpoint, run_client, run_server
+from p2pgan.engine.execution import place_node_blocks
 from p2pgan.engine.participation import Participation
 from p2pgan.engine.port import NodePort
 from p2pgan.engine.state import (NodeState, blocks_state, generator_state, load_blocks, load_generator,
@@ -73,9 +74,10 @@ class _Node:
         self.faults = prepared.faults
         continues = node_id == SERVER_ID and prepared.faults.policy == "continue"
         self._port = NodePort(node_id, endpoint, bus, prepared.setup.costs,
-                              prepared.faults.peer_deadline_s if continues else None)
+                              prepared.faults.peer_deadline_s if continues else None, device=self._setup.device)
         blocks = build_initial_blocks(self._setup.model, self._setup.seed)
         self.blocks = {name: blocks[name] for name in held}
+        place_node_blocks(self.blocks, self._setup.device)
         self._optimizers = {net.name: self._setup.adam([p for n, b in self.blocks.items() if n in net.block_names
                                                         for p in b.parameters()]) for net in NETWORKS}
 
@@ -144,8 +146,10 @@ class MDGanServer(_Node):
         total = batch * len(clients)
         (generated,) = [name for name in step.down if name not in step.integer_down]
         # Uniform labels: the server knows nothing about the clients' label distributions.
-        labels = torch.randint(0, spec.num_classes, (total,), generator=self._gen)
-        z = torch.randn(total, spec.z_dim, generator=self._gen)
+        # Drawn on the host, from the node's own stream: the same draws on every device.
+        device = self._setup.device
+        labels = torch.randint(0, spec.num_classes, (total,), generator=self._gen).to(device)
+        z = torch.randn(total, spec.z_dim, generator=self._gen).to(device)
         self._port.state("computing")
         fake = self._networks[step.network.name](z, labels)
         self._port.computed(step.network.block_names, step.down_phase, FWD, total)
@@ -210,7 +214,7 @@ class MDGanClient(_Node):
                  program: Program = MD_GAN) -> None:
         split = prepared.plan.client(client_id).split
         super().__init__(prepared, client_id, endpoint, bus, program, program.client_blocks(split))
-        self._data = prepared.client_data[client_id]
+        self._data = prepared.client_data[client_id].on(self._setup.device)
         self._sampler = BatchSampler(len(self._data), self._schedule.batch_size, self._gen)
         self._networks = {step.client_network.name: self._segment(step.client_network) for step in _broadcasts(program)}
 
@@ -228,8 +232,7 @@ class MDGanClient(_Node):
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)
-        idx = self._sampler.next_indices()
-        it = _ClientIteration({"real": (self._data.images[idx], self._data.labels[idx])})
+        it = _ClientIteration({"real": self._data.batch(self._sampler.next_indices())})
         for action in self._program.iteration:
             if isinstance(action, Broadcast):
                 await self._broadcast(action, it)

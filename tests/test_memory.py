@@ -3,6 +3,7 @@ schedules clients that never meet the server (p2pgan.model.recompute, p2pgan.eng
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
@@ -284,7 +285,7 @@ def test_the_cohort_releases_g_forward_outputs_through_the_d_step():
     assert all(t.untyped_storage().nbytes() > 0 for t in g_out)
 
 
-def node_pair(cuts: list[ClientCut]):
+def node_pair(cuts: list[ClientCut], share: bool = True):
     import asyncio
 
     from p2pgan.engine.client import ClientNode
@@ -300,7 +301,7 @@ def node_pair(cuts: list[ClientCut]):
     loop = asyncio.new_event_loop()
 
     async def start():
-        endpoints = await MemoryTransport(receive_timeout_s=30).open([SERVER_ID, *plan.client_ids])
+        endpoints = await MemoryTransport(receive_timeout_s=30, share=share).open([SERVER_ID, *plan.client_ids])
         bus = EventBus()
         return (ServerNode(setup, plan, SplitFedAvg(), 1, endpoints[SERVER_ID], bus, U_SHAPED),
                 [ClientNode(setup, p, plan.schedule, data[p.client_id], endpoints[p.client_id], bus, U_SHAPED)
@@ -361,8 +362,13 @@ def test_the_server_keeps_its_clustering_features_as_copies():
     assert all(f.untyped_storage().nbytes() == f.numel() * f.element_size() for f in features.values())
 
 
-def test_node_engine_releases_g_forward_outputs_through_the_d_step():
-    server, clients, iterate = node_pair([ClientCut(1, 1, 1, 1), ClientCut(0, 0, 0, 0)])
+@pytest.mark.parametrize("share", [False, True])
+def test_node_engine_releases_g_forward_outputs_through_the_d_step_where_the_receiver_has_a_copy(share):
+    """Over a transport that copies (a wire; the memory transport with ``share=False``) what G's
+    forward sent is freed while D trains and refilled for G's backward. Where the receiver reads
+    the sender's own storage (the memory transport) nothing sent is freed: it is the receiver's
+    input, held once instead of twice."""
+    server, clients, iterate = node_pair([ClientCut(1, 1, 1, 1), ClientCut(0, 0, 0, 0)], share)
     g_out: dict[str, list[torch.Tensor]] = {"server": [], "client": []}
     server.blocks["g2"].register_forward_hook(lambda _m, _a, out: g_out["server"].append(out))  # sent down
     clients[0].blocks["g1"].register_forward_hook(lambda _m, _a, out: g_out["client"].append(out))  # sent up
@@ -376,6 +382,35 @@ def test_node_engine_releases_g_forward_outputs_through_the_d_step():
     server.blocks["d2"].register_forward_pre_hook(sizes("server"))
     clients[0].blocks["d0"].register_forward_pre_hook(sizes("client"))
     iterate(0)
-    # Freed while D trains (the receiver had its copy), refilled for G's backward.
-    assert in_d_step == {"server": [0], "client": [0]}
+    if share:
+        assert all(n > 0 for sizes in in_d_step.values() for n in sizes) and set(in_d_step) == {"server", "client"}
+    else:  # freed while D trains (the receiver had its copy), refilled for G's backward
+        assert in_d_step == {"server": [0], "client": [0]}
     assert all(t.untyped_storage().nbytes() > 0 for ts in g_out.values() for t in ts)
+
+
+def test_the_memory_transport_hands_over_activations_and_gradients_and_copies_parameters():
+    """Activations and gradients arrive detached in the sender's storage (one copy held, not two);
+    parameters and aggregates, which the sender goes on changing, arrive as copies; ``share=False``
+    copies everything, as a wire does."""
+    import asyncio
+
+    from p2pgan.ids import SERVER_ID
+    from p2pgan.protocol.messages import Message, MessageKind, Phase
+    from transports.memory import MemoryTransport
+
+    async def deliver(kind: MessageKind, share: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        transport = MemoryTransport(receive_timeout_s=5, share=share)
+        endpoints = await transport.open(["c0", SERVER_ID])
+        sent = torch.ones(3, 2, requires_grad=True) * 2
+        msg = Message(kind, "c0", SERVER_ID, 1, 0, Phase.D_REAL, {"t": sent})
+        await endpoints["c0"].send(msg)
+        got = await endpoints[SERVER_ID].receive(msg.key)
+        return sent, got.tensors["t"]
+
+    for kind in (MessageKind.ACTIVATION, MessageKind.GRADIENT, MessageKind.PARAMS, MessageKind.AGGREGATE):
+        for share in (True, False):
+            sent, got = asyncio.run(deliver(kind, share))
+            assert got.grad_fn is None and not got.requires_grad and torch.equal(got, sent)
+            handed = share and kind in (MessageKind.ACTIVATION, MessageKind.GRADIENT)
+            assert (got.untyped_storage().data_ptr() == sent.untyped_storage().data_ptr()) is handed, (kind, share)

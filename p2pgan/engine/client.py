@@ -216,7 +216,8 @@ class ClientNode:
         batch = trip.samples * it.labels.shape[0]
         if trip.direction == FWD:
             head = self._segment(split.head)
-            held = ReleasableOutputs() if split.server and trip.phase in self._waiting else None
+            held = (ReleasableOutputs() if split.server and trip.phase in self._waiting and not self._port.shares_sent
+                    else None)
             if held is not None:
                 it.held[trip.phase] = held
             with held or nullcontext():

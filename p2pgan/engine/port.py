@@ -61,6 +61,12 @@ class NodePort:
         """False for a peer dropped meanwhile (a Ray shard that died): a receive for it gives up at once."""
         self._device = device
 
+    @property
+    def shares_sent(self) -> bool:
+        """Whether receivers read this node's sent activations and gradients in its own storage
+        (:attr:`~p2pgan.protocol.endpoint.Transport.shares_tensors`): then none may be released."""
+        return self._endpoint.shares_tensors
+
     def at(self, round_: int, step: int) -> None:
         """Where in the schedule the following messages and computes belong."""
         self.round, self.step = round_, step

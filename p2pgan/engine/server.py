@@ -154,7 +154,7 @@ class ServerNode:
         for client in clients:
             graph.leaves[client.client_id] = received[client.client_id].tensors["act"].requires_grad_(True)
         self._port.state("computing")
-        held = ReleasableOutputs() if phase in self._waiting else None
+        held = ReleasableOutputs() if phase in self._waiting and not self._port.shares_sent else None
         with held or nullcontext():
             middle = run_middle(self.blocks, net.block_names, {c.client_id: self._server_part(c, net) for c in clients},
                                 graph.leaves, self._feature_block if trip.features else None)
@@ -175,33 +175,36 @@ class ServerNode:
 
     async def _backward(self, trip: RoundTrip, clients: tuple[ClientPlan, ...], graphs: dict[str, _PhaseGraph]) -> None:
         """Once every participant's output gradient is in, back-propagate the batched graphs."""
-        phase = trip.phase
-        received = await self._port.receive_each(MessageKind.GRADIENT, [c.client_id for c in clients], phase,
+        received = await self._port.receive_each(MessageKind.GRADIENT, [c.client_id for c in clients], trip.phase,
                                                  self._lost)
         clients = tuple(c for c in clients if c.client_id in received)
         if not clients:
             return
-        outputs, grads = [], []
-        for client in clients:
-            msg = received[client.client_id]
-            for name, graph in graphs.items():
-                outputs.append(graph.outputs[client.client_id])
-                grads.append(msg.tensors[name])
+        replies = self._back_propagate(trip.phase, clients, graphs, received)
+        # The graphs go before the sends yield to the clients: over the memory transport their
+        # leaves are the clients' own uploads, which the clients would otherwise wait to free.
+        graphs.clear()
+        del received
+        await self._port.send_each(replies, self._lost)
+
+    def _back_propagate(self, phase: Phase, clients: tuple[ClientPlan, ...], graphs: dict[str, _PhaseGraph],
+                        received: dict[str, Message]) -> list[Message]:
+        """The batched backward; returns each client's input gradients, to be sent down."""
+        outputs = [graph.outputs[c.client_id] for c in clients for graph in graphs.values()]
+        grads = [received[c.client_id].tensors[name] for c in clients for name in graphs]
         self._port.state("computing")
         wanted = self._gradients.live_params(self._params)
         wanted += [leaf for graph in graphs.values() for leaf in graph.leaves.values()]
         torch.autograd.backward(outputs, grads, inputs=wanted)
-        del outputs, grads, received
         samples: dict[str, int] = {}
         for graph in graphs.values():
             for name, count in graph.samples_per_block.items():
                 samples[name] = samples.get(name, 0) + count
         batch = sum(x.shape[0] for g in graphs.values() for x in g.leaves.values())
         self._port.computed(tuple(samples), phase, BWD, batch, self._flops(samples, BWD))
-        replies = [self._port.message(MessageKind.GRADIENT, client.client_id, phase,
-                                      {name: graph.leaves[client.client_id].grad for name, graph in graphs.items()})
-                   for client in clients]
-        await self._port.send_each(replies, self._lost)
+        return [self._port.message(MessageKind.GRADIENT, c.client_id, phase,
+                                   {name: graph.leaves[c.client_id].grad for name, graph in graphs.items()})
+                for c in clients]
 
     def _lost(self, peer: str, problem: str) -> None:
         """A peer dead or silent past its deadline (``faults.policy: continue``): gone from here on."""

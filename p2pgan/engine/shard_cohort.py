@@ -73,8 +73,9 @@ class ShardCohort(ClientCohort):
         """Every client's half before the server, the messages both ways, every client's half after."""
         each = self._threads.each
         # A forward whose graph waits across other exchanges lets go of the block outputs it can
-        # refill, once the server has answered (so its copy of the upload has gone out).
-        held = ReleasableOutputs() if waiting else None
+        # refill, once the server has answered (so its copy of the upload has gone out), unless
+        # the server reads the upload in this shard's own storage.
+        held = ReleasableOutputs() if waiting and not any(p.shares_sent for p in self._ports.values()) else None
         with held or nullcontext():
             for trip in action.trips:
                 each(self.clients, lambda client: self._client_up(client, trip, its[client.id]))

@@ -88,6 +88,11 @@ class Endpoint:
             raise ValueError(f"endpoint {self.node_id} cannot send as {msg.src}")
         await self._transport.send(msg)
 
+    @property
+    def shares_tensors(self) -> bool:
+        """See :attr:`Transport.shares_tensors`."""
+        return self._transport.shares_tensors
+
     async def receive(self, key: MessageKey) -> Message:
         if key.dst != self.node_id:
             raise ValueError(f"endpoint {self.node_id} cannot receive for {key.dst}")
@@ -99,6 +104,10 @@ class Transport(ABC):
 
     name: ClassVar[str]
     receive_timeout_s: float | None = None
+    shares_tensors: bool = False
+    """Whether a receiver gets the sender's storage of activations and gradients (in process)
+    instead of copies: a sender must then neither free nor overwrite what it sent, since the
+    receiver reads it on (a wire's copy leaves the sender free to)."""
 
     def __init__(self) -> None:
         self._taps: list[TransportTap] = []

@@ -84,6 +84,13 @@ class Message:
         return Message(self.kind, self.src, self.dst, self.round, self.step, self.phase,
                        tensors, dict(self.meta))
 
+    def detached_alias(self) -> "Message":
+        """The message with its tensors detached, their storage the sender's (an in-process
+        hand-over: no copy, graph cut)."""
+        tensors = {name: t.detach() for name, t in self.tensors.items()}
+        return Message(self.kind, self.src, self.dst, self.round, self.step, self.phase,
+                       tensors, dict(self.meta))
+
     def on(self, device: torch.device) -> "Message":
         """The message with its tensors on ``device``: itself where they all are there already (a
         memory transport between nodes on one GPU), else a copy (a wire's host tensors for a

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from p2pgan.protocol.messages import Message, MessageKind, Phase
+from p2pgan.protocol.messages import Message, MessageKey, MessageKind, Phase
 from p2pgan.errors import PeerError
 from p2pgan.protocol.endpoint import Mailbox
 
@@ -54,3 +54,24 @@ async def test_failure_wakes_waiters():
     box.fail(PeerError("c009", "died"))
     with pytest.raises(PeerError, match="c009"):
         await waiter
+
+
+def test_a_failed_waiter_cancelled_before_it_wakes_logs_nothing_at_exit(caplog):
+    """An aborting run fails every waiter, then cancels the nodes; asyncio must not log the
+    error again, with a traceback, for each waiter nobody woke to read."""
+    import gc
+    import logging
+
+    async def go():
+        box = Mailbox()
+        key = MessageKey(MessageKind.ACTIVATION, "c0", "server", 1, 0, Phase.D_REAL)
+        task = asyncio.create_task(box.get(key, timeout=5))  # as a node waits: in deadline slices
+        await asyncio.sleep(0)  # the task now waits
+        box.fail(RuntimeError("peer c0 crashed"))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(go())
+        gc.collect()
+    assert "never retrieved" not in caplog.text

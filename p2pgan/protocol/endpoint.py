@@ -46,6 +46,9 @@ class Mailbox:
         for waiter in self._waiting.values():
             if not waiter.done():
                 waiter.set_exception(error)
+                # Marked as seen: a waiter whose node is cancelled before it wakes (the run is
+                # aborting) must not have asyncio log the error again, with its traceback, at exit.
+                waiter.exception()
         self._waiting.clear()
 
     async def get(self, key: MessageKey, timeout: float | None = None) -> Message:

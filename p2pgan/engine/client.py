@@ -31,6 +31,14 @@ from p2pgan.protocol.messages import ROUND_LEVEL_STEP, Phase
 from p2pgan.engine.locals import apply_optimizer_action, compute_loss
 
 
+def draw_batch(data: LocalData, sampler: BatchSampler, z_dim: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A client's next images, labels and noise: indices and noise drawn on the host from its own
+    stream (the same draws on every device), the examples taken where they are."""
+    real, labels = data.batch(sampler.next_indices())
+    return real, labels, torch.randn(labels.shape[0], z_dim, generator=generator).to(real.device)
+
+
 class BatchSampler:
     """Endless stream of batches: consecutive slices of fresh seeded permutations."""
 
@@ -168,10 +176,7 @@ class ClientNode:
 
     async def iteration(self, round_: int, step: int) -> ClientLosses:
         self._port.at(round_, step)
-        idx = self._sampler.next_indices()
-        real, labels = self._data.batch(idx)
-        # Drawn on the host, from the node's own stream: the same noise on every device.
-        z = torch.randn(labels.shape[0], self._setup.model.z_dim, generator=self._gen).to(real.device)
+        real, labels, z = draw_batch(self._data, self._sampler, self._setup.model.z_dim, self._gen)
         it = _Iteration(labels, {"noise": z, "real": real})
         self._gradients.start_iteration()
         for action in self._program.iteration:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from p2pgan.bus import EventBus
-from p2pgan.engine.client import BatchSampler, ClientIteration, Pass
+from p2pgan.engine.client import BatchSampler, ClientIteration, Pass, draw_batch
 from p2pgan.engine.cohort_port import CohortPort
 from p2pgan.engine.cohort_state import load_optimizer_share, optimizer_share
 from p2pgan.engine.execution import KernelPolicy, place_blocks
@@ -188,9 +188,8 @@ class ClientCohort:
 
     def _draw(self, client: CohortClient) -> CohortIteration:
         """The client's batch and noise, drawn from its own stream in the node's order."""
-        real, labels = client.data.batch(client.sampler.next_indices())
-        z = torch.randn(labels.shape[0], self._setup.model.z_dim, generator=client.generator)
-        return CohortIteration(labels, {"noise": z.to(real.device), "real": real})
+        real, labels, z = draw_batch(client.data, client.sampler, self._setup.model.z_dim, client.generator)
+        return CohortIteration(labels, {"noise": z, "real": real})
 
     def _client_up(self, client: CohortClient, trip: RoundTrip, it: CohortIteration) -> None:
         split = client.split(trip)

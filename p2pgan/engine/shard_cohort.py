@@ -51,6 +51,7 @@ class ShardCohort(ClientCohort):
         self._optimizers = {net.name: self._optimizer([p for c in self.clients for p in c.params(net)])
                             for net in NETWORKS}
         self._ports = {c.id: NodePort(c.id, endpoints[c.id], bus, setup.costs) for c in self.clients}
+        self._shares_sent = any(port.shares_sent for port in self._ports.values())
         self._through = {net.name: [c for c in self.clients if network_split(c.plan.split, net).server]
                          for net in NETWORKS}
 
@@ -75,7 +76,7 @@ class ShardCohort(ClientCohort):
         # A forward whose graph waits across other exchanges lets go of the block outputs it can
         # refill, once the server has answered (so its copy of the upload has gone out), unless
         # the server reads the upload in this shard's own storage.
-        held = ReleasableOutputs() if waiting and not any(p.shares_sent for p in self._ports.values()) else None
+        held = ReleasableOutputs() if waiting and not self._shares_sent else None
         with held or nullcontext():
             for trip in action.trips:
                 each(self.clients, lambda client: self._client_up(client, trip, its[client.id]))

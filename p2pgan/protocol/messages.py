@@ -80,16 +80,16 @@ class Message:
 
     def detached_copy(self) -> "Message":
         """The message as the receiver gets it: tensors detached and copied, graph cut."""
-        tensors = {name: t.detach().clone() for name, t in self.tensors.items()}
-        return Message(self.kind, self.src, self.dst, self.round, self.step, self.phase,
-                       tensors, dict(self.meta))
+        return self._detached(copy=True)
 
     def detached_alias(self) -> "Message":
         """The message with its tensors detached, their storage the sender's (an in-process
         hand-over: no copy, graph cut)."""
-        tensors = {name: t.detach() for name, t in self.tensors.items()}
-        return Message(self.kind, self.src, self.dst, self.round, self.step, self.phase,
-                       tensors, dict(self.meta))
+        return self._detached(copy=False)
+
+    def _detached(self, copy: bool) -> "Message":
+        tensors = {name: t.detach().clone() if copy else t.detach() for name, t in self.tensors.items()}
+        return replace(self, tensors=tensors, meta=dict(self.meta))
 
     def on(self, device: torch.device) -> "Message":
         """The message with its tensors on ``device``: itself where they all are there already (a

@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="runs at a time, each in its own process (default 1: one after the other, here)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch intra-op threads per run (default: the cores other work leaves idle; "
+                        help="torch intra-op threads per run (default: as scenario run, 1 for a small model, else every core; "
                              "with --jobs, CPUs / jobs)")
     parser.add_argument("--transport", choices=("memory", "http"), default=None, help="override transport.kind")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

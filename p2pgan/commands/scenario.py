@@ -44,8 +44,8 @@ def add_display_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live", dest="live", action="store_true", default=None, help="force the live dashboard")
     parser.add_argument("--no-live", dest="live", action="store_false", help="plain line-by-line progress")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch intra-op threads (default: the cores other work leaves idle now; "
-                             "P2PGAN_THREADS=N pins it)")
+                        help="torch intra-op threads (default: 1 for a small model, else every core, "
+                             "whatever the load, so that a seed repeats; P2PGAN_THREADS=N pins it)")
 
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
